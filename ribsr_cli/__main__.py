@@ -1,0 +1,3 @@
+from ribsr_cli.cli import main
+
+main()
