@@ -1,0 +1,141 @@
+"""The SST network: RIB window-attention blocks between a conv stem and an upsampler.
+
+    feat = proj(x) + body(proj(x));   out = upsampler(feat, x)
+
+body = n_blocks x Block, channel LayerNorm, Conv3x3. A Block is one Layer per
+window size, then a Conv3x3, with a residual around the whole block. Module
+names mirror the authors' checkpoints so their state dicts load strictly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ribsr_cli.engine.attention import WindowAttention
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) map (eps 1e-6, affine)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvFFN(nn.Module):
+    """1x1 expand + GELU, a depthwise 3x3 residual branch with GELU, 1x1 back."""
+
+    def __init__(self, dim: int, exp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * exp_ratio)
+        self.proj = nn.Conv2d(dim, hidden, 1)
+        self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.agg = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = F.gelu(self.proj(x))
+        t = t + F.gelu(self.dwc(t))
+        return self.agg(t)
+
+
+class Layer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, dim: int, exp_ratio: float, attn: WindowAttention) -> None:
+        super().__init__()
+        self.norm_attn = ChannelLayerNorm(dim)
+        self.attn = attn
+        self.norm_ffn = ChannelLayerNorm(dim)
+        self.ffn = ConvFFN(dim, exp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x))
+        return x + self.ffn(self.norm_ffn(x))
+
+
+class Block(nn.Sequential):
+    """Layers (one per window size) then Conv3x3, with a residual around all of it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x + super().forward(x)
+
+
+class PixelShuffleDirect(nn.Module):
+    """Conv3x3 to 3*r^2 channels plus the LR image repeated r^2 times, then pixel-shuffle."""
+
+    def __init__(self, dim: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.up_conv = nn.Conv2d(dim, 3 * scale * scale, 3, padding=1)
+
+    def forward(self, feat: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        skip = torch.repeat_interleave(lr, self.scale * self.scale, dim=1)
+        return F.pixel_shuffle(self.up_conv(feat) + skip, self.scale)
+
+
+class PixelShuffleUpsampler(nn.Module):
+    """Conv3x3 + LeakyReLU(0.1), Conv3x3 to intermediate*r^2, pixel-shuffle, Conv3x3 to RGB, plus nearest LR."""
+
+    def __init__(self, dim: int, scale: int, intermediate_dim: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.feature_conv = nn.Conv2d(dim, intermediate_dim, 3, padding=1)
+        self.up_conv = nn.Conv2d(intermediate_dim, intermediate_dim * scale * scale, 3, padding=1)
+        self.final_conv = nn.Conv2d(intermediate_dim, 3, 3, padding=1)
+
+    def forward(self, feat: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        t = F.leaky_relu(self.feature_conv(feat), 0.1)
+        t = F.pixel_shuffle(self.up_conv(t), self.scale)
+        return self.final_conv(t) + F.interpolate(lr, scale_factor=self.scale, mode="nearest")
+
+
+class SST(nn.Module):
+    """Super-resolution Transformer with rank-factorised implicit neural bias (or RPB / no bias)."""
+
+    def __init__(self, arch: dict) -> None:
+        super().__init__()
+        self.arch = dict(arch)
+        dim, scale = arch["dim"], arch["upscaling_factor"]
+        window_sizes = list(arch["window_sizes"])
+        shift_all = len(set(window_sizes)) == 1
+        self.scale = scale
+        self.window_sizes = window_sizes
+        self.proj = nn.Conv2d(3, dim, 3, padding=1)
+        blocks: list[nn.Module] = []
+        for _ in range(arch["n_blocks"]):
+            layers: list[nn.Module] = []
+            for j, ws in enumerate(window_sizes):
+                attn = WindowAttention(
+                    dim,
+                    arch["num_heads"][j],
+                    ws,
+                    arch["ranks"][j],
+                    positional=arch["attn_type"],
+                    shift=shift_all and j % 2 == 1,
+                    rib_hidden_dim=arch["rib_hidden_dim"],
+                    rib_n_freqs=arch["rib_n_freqs"],
+                    gate=arch["gate_type"] is not None,
+                )
+                layers.append(Layer(dim, arch["exp_ratio"], attn))
+            layers.append(nn.Conv2d(dim, dim, 3, padding=1))
+            blocks.append(Block(*layers))
+        blocks += [ChannelLayerNorm(dim), nn.Conv2d(dim, dim, 3, padding=1)]
+        self.body = nn.Sequential(*blocks)
+        if arch["upsampler_type"] == "pixelshuffle_direct":
+            self.upsampler: nn.Module = PixelShuffleDirect(dim, scale)
+        else:
+            self.upsampler = PixelShuffleUpsampler(dim, scale, arch["intermediate_dim"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.proj(x)
+        feat = feat + self.body(feat)
+        return self.upsampler(feat, x)
