@@ -1,0 +1,36 @@
+"""`ribsr train`: flags over `TrainConfig`; the loop itself lives in ribsr_cli.training.trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def command(
+    arch: str = typer.Option("ribsr-s", "--arch", "-a", help="Preset name (see `ribsr models`) or JSON/YAML network_g file."),
+    scale: int = typer.Option(2, "--scale", "-s", min=2, max=4, help="Upscaling factor."),
+    out_dir: Path = typer.Option(Path("runs/ribsr-s-x2"), "--out", "-o", help="Run folder (checkpoints, log.csv)."),
+    data_dir: Path = typer.Option(Path("data/prepared"), "--data", help="Prepared HR pool (scripts/get_training_photos.sh)."),
+    val_dir: Path = typer.Option(Path("../shared/benchmarks/Set5"), "--val", help="Validation set (monitoring only)."),
+    patch: int = typer.Option(48, help="LR patch size."),
+    batch: int = typer.Option(8, help="Batch size."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    total_steps: int = typer.Option(20000, "--steps", help="Length of the cosine schedule."),
+    warmup_steps: int = typer.Option(500, "--warmup", help="Linear warm-up steps."),
+    max_minutes: float = typer.Option(0.0, "--max-minutes", help="Stop (and checkpoint) after this much training time; 0 = no limit."),
+    ckpt_minutes: float = typer.Option(3.0, "--ckpt-minutes", help="Checkpoint interval."),
+    val_every: int = typer.Option(500, help="Validate the EMA every N steps."),
+    threads: int = typer.Option(1, help="CPU threads (leave a core for other work)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's matching tensors (e.g. a x2 body)."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from the run folder's last.pt if present."),
+) -> None:
+    from ribsr_cli.training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir), val_dir=str(val_dir),
+                      patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
+                      max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
+                      seed=seed, init_from=str(init_from or ""))
+    train(cfg, resume=resume, log=lambda m: typer.echo(m))

@@ -1,0 +1,194 @@
+"""Tiled inference with bounded memory: the image stays on the host, only tiles visit the device.
+
+Tiles start on multiples of the network's window grid, so inside a tile the
+windows are the very windows of a whole-image pass; they overlap and are
+blended with a linear ramp, so no seam shows. Blending happens in a float
+accumulator one tile-row high; finished rows are rounded straight into the
+preallocated uint8/uint16 output, so no float copy of the whole output exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def window_alignment(model: nn.Module, tile: int) -> int:
+    """Tile starts snap to this many LR pixels: the lcm of the window sizes when it fits in a tile."""
+    sizes = getattr(model, "window_sizes", None) or [1]
+    align = math.lcm(*sizes)
+    if align > tile:
+        align = max(sizes) if max(sizes) <= tile else 1
+    return align
+
+
+def axis_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
+    """Aligned tile starts along one axis such that [start, start+tile) covers 0..length."""
+    if length <= tile:
+        return [0]
+    stride = max(align, (tile - overlap) // align * align)
+    starts = [0]
+    while starts[-1] + tile < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def plan_tiles(h: int, w: int, tile: int, overlap: int, align: int) -> list[list[Tile]]:
+    """Rows of tiles covering an h x w image."""
+    rows = []
+    for y in axis_starts(h, tile, overlap, align):
+        rows.append([Tile(y, min(y + tile, h), x, min(x + tile, w)) for x in axis_starts(w, tile, overlap, align)])
+    return rows
+
+
+def ramp(length: int, lead: int, trail: int) -> np.ndarray:
+    """1-D blend weights: linear ramps over the overlaps shared with neighbours, 1 elsewhere."""
+    weight = np.ones(length, dtype=np.float32)
+    if lead > 0:
+        weight[:lead] = np.minimum(weight[:lead], (np.arange(lead, dtype=np.float32) + 0.5) / lead)
+    if trail > 0:
+        weight[length - trail:] = np.minimum(weight[length - trail:], (np.arange(trail, 0, -1, dtype=np.float32) - 0.5) / trail)
+    return weight
+
+
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _transform(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.flip(x, dims=[-1]) if flip else x
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _untransform(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return torch.flip(x, dims=[-1]) if flip else x
+
+
+def run_model(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """One forward (or the mean of the 8 flip/rotate passes with `tta`)."""
+    if not tta:
+        return model(x)
+    acc = None
+    for k, flip in DIHEDRAL:
+        y = _untransform(model(_transform(x, k, flip)), k, flip)
+        acc = y if acc is None else acc + y
+    return acc / len(DIHEDRAL)
+
+
+def _to_float(region: np.ndarray) -> torch.Tensor:
+    scale = 65535.0 if region.dtype == np.uint16 else 255.0 if region.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32) / scale).permute(2, 0, 1)
+
+
+def _store(dst: np.ndarray, values: np.ndarray) -> None:
+    top = 65535.0 if dst.dtype == np.uint16 else 255.0
+    np.multiply(np.clip(values, 0.0, 1.0), top, out=values)
+    dst[...] = np.rint(values)
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+def _forward_batch(model, tiles: list[np.ndarray], device, tta: bool, autocast) -> list[np.ndarray]:
+    batch = torch.stack([_to_float(t) for t in tiles]).to(device)
+    try:
+        with torch.inference_mode(), autocast:
+            out = run_model(model, batch, tta).float().clamp_(0, 1)
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(str(exc)) from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "not enough memory" in str(exc).lower():
+            raise OutOfMemory(str(exc)) from None
+        raise
+    return [o.permute(1, 2, 0).cpu().numpy() for o in out]
+
+
+def upscale_image(
+    model: nn.Module,
+    image: np.ndarray,
+    scale: int,
+    *,
+    tile: int = 0,
+    overlap: int = 32,
+    batch_tiles: int = 1,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
+    autocast=None,
+    out_dtype: np.dtype | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Upscale an (H, W, 3) uint8/uint16/float image; returns (sH, sW, 3) in `out_dtype` (default: input's integer dtype).
+
+    `tile` 0 processes the whole image at once. `on_tile(done, total)` reports progress.
+    """
+    import contextlib
+
+    h, w, c = image.shape
+    out_dtype = np.dtype(out_dtype or (image.dtype if image.dtype in (np.uint8, np.uint16) else np.uint8))
+    tile = tile if tile and tile < max(h, w) else max(h, w)
+    overlap = min(overlap, tile // 2)
+    align = window_alignment(model, tile)
+    rows = plan_tiles(h, w, tile, overlap, align)
+    autocast = autocast or contextlib.nullcontext()
+    device = torch.device(device)
+    out = np.empty((h * scale, w * scale, c), dtype=out_dtype)
+    total = sum(len(r) for r in rows)
+    done = 0
+    acc_top = 0  # first output row held in the accumulator
+    acc = np.zeros((0, w * scale, c), np.float32)
+    wsum = np.zeros((0, w * scale, 1), np.float32)
+    for i, row in enumerate(rows):
+        y0, y1 = row[0].y0 * scale, row[0].y1 * scale
+        # grow the accumulator to cover this tile row
+        need = y1 - acc_top
+        if need > acc.shape[0]:
+            grow = need - acc.shape[0]
+            acc = np.concatenate([acc, np.zeros((grow, w * scale, c), np.float32)])
+            wsum = np.concatenate([wsum, np.zeros((grow, w * scale, 1), np.float32)])
+        lead_y = (rows[i - 1][0].y1 - row[0].y0) * scale if i > 0 else 0
+        trail_y = (row[0].y1 - rows[i + 1][0].y0) * scale if i + 1 < len(rows) else 0
+        wy = ramp(y1 - y0, max(lead_y, 0), max(trail_y, 0))
+        for b in range(0, len(row), batch_tiles):
+            group = row[b:b + batch_tiles]
+            shapes = {(t.y1 - t.y0, t.x1 - t.x0) for t in group}
+            outs: list[np.ndarray] = []
+            for shape in shapes:  # equal shapes share a batch; edge tiles go alone
+                same = [t for t in group if (t.y1 - t.y0, t.x1 - t.x0) == shape]
+                results = _forward_batch(model, [image[t.y0:t.y1, t.x0:t.x1, :c] for t in same], device, tta, autocast)
+                outs += list(zip(same, results))  # type: ignore[arg-type]
+            for t, res in sorted(outs, key=lambda pair: pair[0].x0):  # type: ignore[index]
+                j = row.index(t)
+                lead_x = (row[j - 1].x1 - t.x0) * scale if j > 0 else 0
+                trail_x = (t.x1 - row[j + 1].x0) * scale if j + 1 < len(row) else 0
+                wx = ramp((t.x1 - t.x0) * scale, max(lead_x, 0), max(trail_x, 0))
+                weight = (wy[:, None] * wx[None, :])[..., None]
+                ys = slice(y0 - acc_top, y1 - acc_top)
+                xs = slice(t.x0 * scale, t.x1 * scale)
+                acc[ys, xs] += res * weight
+                wsum[ys, xs] += weight
+                done += 1
+                if on_tile:
+                    on_tile(done, total)
+        # rows above the next tile row are final: write them out and drop them
+        final_end = rows[i + 1][0].y0 * scale if i + 1 < len(rows) else h * scale
+        n_final = final_end - acc_top
+        if n_final > 0:
+            block = acc[:n_final] / np.maximum(wsum[:n_final], 1e-8)
+            _store(out[acc_top:final_end], block)
+            acc, wsum = acc[n_final:], wsum[n_final:]
+            acc_top = final_end
+    return out

@@ -1,0 +1,254 @@
+"""Training loop for RIB-SR models: resumable, seeded, time-boxed, CPU or (DDP) GPU.
+
+One step: random HR crops from the prepared photo pool -> flips / 90-degree
+rotations -> LR made on the fly with the MATLAB-compatible bicubic (the same
+degradation `ribsr eval` scores against) -> L1 loss -> AdamW with warm-up then
+cosine decay -> gradient clipping -> EMA update. Everything needed to continue
+(model, EMA, optimiser, step, RNG states) is checkpointed every few minutes,
+atomically, so a run killed at any moment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ribsr_cli.engine import build_model, configure_attention
+from ribsr_cli.engine.checkpoint import read_state_dict, save_model
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "ribsr-s"
+    scale: int = 2
+    out_dir: str = "runs/ribsr-s-x2"
+    data_dir: str = "data/prepared"
+    val_dir: str = "../shared/benchmarks/Set5"
+    patch: int = 48  # LR patch side
+    batch: int = 8
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    total_steps: int = 20000  # length of the cosine schedule
+    max_minutes: float = 0.0  # 0 = no time limit
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_every: int = 500
+    ckpt_minutes: float = 3.0
+    threads: int = 1
+    init_from: str = ""  # a checkpoint whose body starts this run (e.g. x2 body for x3/x4)
+    attention_strategy: str = "concat"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- data -------------------------------------------------------------------
+
+def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flip and 0-3 quarter turns (the 8 dihedral symmetries)."""
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.rot90(crop, int(rng.integers(4)))
+
+
+def make_batch(pool, rng: np.random.Generator, batch: int, patch: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lr, hr) float batches in [0, 1]; LR = MATLAB bicubic of the uint8 HR crop, rounded to uint8."""
+    from ribsr_cli.imaging.resize import imresize
+
+    crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale), rng)) for _ in range(batch)]
+    hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # uint8 (B,3,H,W)
+    lr = imresize(hr, 1.0 / scale)
+    return lr.float() / 255.0, hr.float() / 255.0
+
+
+# ---- schedule / EMA ------------------------------------------------------------
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    e = list(ema.state_dict().values())
+    m = list(model.state_dict().values())
+    torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+# ---- validation -----------------------------------------------------------------
+
+def load_validation(val_dir: str, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, lr, hr) uint8 pairs of a benchmark set, LR from the official files or made by ribsr."""
+    from ribsr_cli.imaging.resize import bicubic_degrade, modcrop
+    from PIL import Image
+
+    root = Path(val_dir)
+    hr_dir = root / "HR" if (root / "HR").is_dir() else root
+    pairs = []
+    for path in sorted(hr_dir.glob("*.png")):
+        hr = modcrop(np.asarray(Image.open(path).convert("RGB")), scale)
+        official = root / "LR_bicubic" / f"X{scale}" / f"{path.stem}x{scale}.png"
+        lr = np.asarray(Image.open(official).convert("RGB")) if official.is_file() else bicubic_degrade(hr, scale)
+        pairs.append((path.stem, lr, hr))
+    return pairs
+
+
+@torch.no_grad()
+def validate(model: nn.Module, pairs, scale: int) -> float:
+    from ribsr_cli.imaging.metrics import psnr
+
+    model.eval()
+    scores = []
+    for _, lr, hr in pairs:
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255.0
+        sr = model(x).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
+        scores.append(psnr(sr, hr, crop_border=scale, test_y=True))
+    return float(np.mean(scores))
+
+
+# ---- checkpoints ----------------------------------------------------------------
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return {"numpy": json.dumps(rng.bit_generator.state), "python": json.dumps(random.getstate()),
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = json.loads(state["numpy"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+
+
+def init_body_from(model: nn.Module, path: str) -> list[str]:
+    """Copy every tensor whose name and shape match (the body of a x2 model into x3/x4); returns skipped keys."""
+    state, _ = read_state_dict(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+# ---- the loop -------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run (or continue) training until total_steps or max_minutes; returns the run folder."""
+    from ribsr_cli.training.photos import HRPool
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "last.pt"
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if ddp:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank = torch.distributed.get_rank()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+
+    arch = dict(build_model(cfg.arch).arch) if isinstance(cfg.arch, str) else dict(cfg.arch)
+    arch["upscaling_factor"] = cfg.scale
+    model = build_model(arch).to(device)
+    configure_attention(model, strategy=cfg.attention_strategy)
+    ema = build_model(arch).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + rank)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    step, elapsed_before = 0, 0.0
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(rng, state["rng"])
+        step, elapsed_before = state["step"], state["elapsed"]
+        log(f"resumed {ckpt_path} at step {step} ({elapsed_before / 60:.1f} min trained)")
+    else:
+        if cfg.init_from:
+            skipped = init_body_from(model, cfg.init_from)
+            log(f"initialised from {cfg.init_from}; fresh: {', '.join(skipped) or 'nothing'}")
+        ema.load_state_dict(model.state_dict())
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    ema.eval()
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp else model
+
+    pool = HRPool(cfg.data_dir)
+    val_pairs = load_validation(cfg.val_dir, cfg.scale) if rank == 0 and cfg.val_dir else []
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log_file = (out / "log.csv").open("a", newline="")
+    writer = csv.writer(log_file)
+    if log_file.tell() == 0:
+        writer.writerow(["step", "loss", "lr", "val_psnr_y", "minutes"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    start = time.time()
+    last_ckpt = start
+    running = 0.0
+
+    def minutes() -> float:
+        return (elapsed_before + time.time() - start) / 60
+
+    def checkpoint() -> None:
+        if rank:
+            return
+        _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": _rng_state(rng), "step": step, "elapsed": minutes() * 60,
+                      "config": json.dumps(asdict(cfg))}, ckpt_path)
+        save_model(ema, out / "ema.safetensors", {"steps": step, "minutes": round(minutes(), 1), "arch_name": cfg.arch,
+                                                   "scale": cfg.scale, "data": cfg.data_dir, "seed": cfg.seed})
+
+    model.train()
+    while step < cfg.total_steps and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
+        lr_now = learning_rate(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr_now
+        lr_batch, hr_batch = make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale)
+        with autocast:
+            loss = F.l1_loss(net(lr_batch.to(device)), hr_batch.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, model, cfg.ema_decay if step > cfg.warmup_steps else 0.0)
+        step += 1
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        val = ""
+        if rank == 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
+            val = f"{validate(ema, val_pairs, cfg.scale):.3f}"
+            log(f"step {step} loss {running:.4f} lr {lr_now:.2e} val PSNR-Y {val} dB ({minutes():.1f} min)")
+        if rank == 0 and (step % 50 == 0 or val):
+            writer.writerow([step, f"{running:.5f}", f"{lr_now:.3e}", val, f"{minutes():.2f}"])
+            log_file.flush()
+        if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint()
+    log_file.close()
+    log(f"stopped at step {step} after {minutes():.1f} min; checkpoint {ckpt_path}")
+    if ddp:
+        torch.distributed.destroy_process_group()
+    return out
