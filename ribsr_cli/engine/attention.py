@@ -88,6 +88,7 @@ class WindowAttention(nn.Module):
         self.strategy = "auto"
         self.compute_dtype: torch.dtype | None = None
         self.bias_budget_bytes = DEFAULT_BIAS_BUDGET_BYTES
+        self.cache_positional = True
         self.last_kernel: str | None = None
         self.last_strategy: str | None = None
         self._cache: dict = {}
@@ -102,7 +103,8 @@ class WindowAttention(nn.Module):
 
     def _cached(self, kind: str, device: torch.device, dtype: torch.dtype, make):
         """Positional tensors depend only on the weights: reuse them at inference, recompute in training."""
-        if self.training or torch.is_grad_enabled() and any(p.requires_grad for p in self._positional_params()):
+        if not self.cache_positional or self.training or (
+                torch.is_grad_enabled() and any(p.requires_grad for p in self._positional_params())):
             return make()
         stamp = tuple((p.data_ptr(), p._version) for p in self._positional_params())
         key = (kind, device, dtype)
@@ -197,6 +199,7 @@ def configure_attention(
     strategy: str | None = None,
     compute_dtype: torch.dtype | None | str = "keep",
     bias_budget_bytes: int | None = None,
+    cache: bool | None = None,
 ) -> nn.Module:
     """Set the run-time attention settings of every window-attention layer in `model`."""
     if kernel is not None and kernel not in kernels.KERNELS:
@@ -213,6 +216,8 @@ def configure_attention(
                 m.compute_dtype = compute_dtype  # type: ignore[assignment]
             if bias_budget_bytes is not None:
                 m.bias_budget_bytes = bias_budget_bytes
+            if cache is not None:
+                m.cache_positional = cache
             m.clear_cache()
     return model
 
