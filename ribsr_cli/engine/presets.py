@@ -113,9 +113,17 @@ def normalize_arch(arch: dict[str, Any]) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = _preset_table()
 
 
-def get_preset(name: str) -> dict[str, Any]:
-    """A preset by name, case-insensitively (e.g. 'SST-light-x4')."""
+def get_preset(name: str, scale: int | None = None) -> dict[str, Any]:
+    """A preset by name, case-insensitively: 'SST-light-x4', or a family ('SST-light') with `scale` (default 2)."""
+    for family in _FAMILIES:
+        if family.lower() == name.lower():
+            name = f"{family}-x{scale or 2}"
     for key, arch in PRESETS.items():
         if key.lower() == name.lower():
+            if scale is not None and arch["upscaling_factor"] != scale:
+                raise KeyError(f"preset {key} is x{arch['upscaling_factor']}, not x{scale}")
             return dict(arch)
     raise KeyError(f"unknown preset {name!r}; run `ribsr models` for the list")
+
+
+FAMILIES = tuple(_FAMILIES)

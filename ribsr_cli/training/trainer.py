@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ribsr_cli.engine import build_model, configure_attention
+from ribsr_cli.engine.presets import FAMILIES, get_preset
 from ribsr_cli.engine.checkpoint import read_state_dict, save_model
 
 
@@ -42,7 +43,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
     warmup_steps: int = 500
-    total_steps: int = 20000  # length of the cosine schedule
+    total_steps: int = 20000  # length of the cosine schedule; 0 = fit it to max_minutes after 20 timed steps
     max_minutes: float = 0.0  # 0 = no time limit
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -115,7 +116,7 @@ def validate(model: nn.Module, pairs, scale: int) -> float:
     model.eval()
     scores = []
     for _, lr, hr in pairs:
-        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float() / 255.0
         sr = model(x).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
         scores.append(psnr(sr, hr, crop_border=scale, test_y=True))
     return float(np.mean(scores))
@@ -167,8 +168,11 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         rank = torch.distributed.get_rank()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
 
-    arch = dict(build_model(cfg.arch).arch) if isinstance(cfg.arch, str) else dict(cfg.arch)
-    arch["upscaling_factor"] = cfg.scale
+    if isinstance(cfg.arch, str) and cfg.arch in FAMILIES:
+        arch = get_preset(cfg.arch, cfg.scale)
+    else:
+        arch = dict(build_model(cfg.arch).arch) if isinstance(cfg.arch, str) else dict(cfg.arch)
+        arch["upscaling_factor"] = cfg.scale
     model = build_model(arch).to(device)
     configure_attention(model, strategy=cfg.attention_strategy)
     ema = build_model(arch).to(device)
@@ -184,11 +188,19 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(rng, state["rng"])
         step, elapsed_before = state["step"], state["elapsed"]
+        if not cfg.total_steps:
+            cfg.total_steps = int(state.get("total_steps", 0))
+            cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
         log(f"resumed {ckpt_path} at step {step} ({elapsed_before / 60:.1f} min trained)")
     else:
         if cfg.init_from:
             skipped = init_body_from(model, cfg.init_from)
             log(f"initialised from {cfg.init_from}; fresh: {', '.join(skipped) or 'nothing'}")
+        if not cfg.init_from:  # start as (almost) plain upsampling: a small residual on the skip path
+            with torch.no_grad():
+                for name, p in model.upsampler.named_parameters():
+                    if name.startswith(("up_conv", "final_conv")):
+                        p.mul_(0.1)
         ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -215,13 +227,23 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         if rank:
             return
         _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                      "rng": _rng_state(rng), "step": step, "elapsed": minutes() * 60,
+                      "rng": _rng_state(rng), "step": step, "elapsed": minutes() * 60, "total_steps": cfg.total_steps,
+                      "time_fitted": time_fitted,
                       "config": json.dumps(asdict(cfg))}, ckpt_path)
         save_model(ema, out / "ema.safetensors", {"steps": step, "minutes": round(minutes(), 1), "arch_name": cfg.arch,
                                                    "scale": cfg.scale, "data": cfg.data_dir, "seed": cfg.seed})
 
+    if not cfg.total_steps and not cfg.max_minutes:
+        raise ValueError("give --steps, or --max-minutes with --steps 0 to fit the schedule to the time budget")
+    time_fitted = not cfg.total_steps or bool(cfg.extra.get("time_fitted"))
+    cfg.extra["time_fitted"] = time_fitted
+    calibrate_at = step + 50
+    if time_fitted and step and cfg.max_minutes:  # resumed: stretch the schedule over the new budget
+        cfg.total_steps = step + max(1, int((cfg.max_minutes - minutes()) * 60 / (elapsed_before / step)))
+    schedule_end = 10**9 if time_fitted else cfg.total_steps
+    window_start, window_step = time.time(), step
     model.train()
-    while step < cfg.total_steps and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
+    while step < schedule_end and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
         lr_now = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr_now
@@ -235,7 +257,14 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         opt.step()
         ema_update(ema, model, cfg.ema_decay if step > cfg.warmup_steps else 0.0)
         step += 1
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        if time_fitted and step >= calibrate_at and step % 50 == 0:
+            # fit the cosine schedule to the time budget, re-measured as the machine's load changes
+            per_step = (time.time() - window_start) / (step - window_step)
+            cfg.total_steps = schedule_end = step + max(1, int((cfg.max_minutes - minutes()) * 60 / per_step))
+            if step % 500 == 0 or step == calibrate_at:
+                log(f"{per_step:.2f} s/step: schedule set to {cfg.total_steps} steps")
+            window_start, window_step = time.time(), step
+        running = 0.98 * running + 0.02 * loss.item() if running else loss.item()
         val = ""
         if rank == 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
             val = f"{validate(ema, val_pairs, cfg.scale):.3f}"

@@ -1,0 +1,277 @@
+"""Batch upscaling without the CLI: which files, where their outputs go, and one file's journey.
+
+Safety rules live here, in one place: inputs are never written; an output path
+must resolve inside the output folder; two inputs never share an output;
+existing outputs are skipped unless asked; every write is atomic (io layer);
+each file fails alone with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ribsr_cli.imaging.io import (
+    ImageReadError,
+    ImageWriteError,
+    is_image_path,
+    output_format_for,
+    read_image,
+    write_image,
+)
+
+GLOB_CHARS = set("*?[")
+
+
+class UsageError(ValueError):
+    """A problem with the command line as a whole (exit code 2)."""
+
+
+@dataclass
+class Job:
+    source: Path
+    output: Path | None
+    status: str = "pending"  # pending | done | skipped | failed
+    reason: str = ""
+    in_size: tuple[int, int] | None = None
+    out_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"input": str(self.source), "output": str(self.output) if self.output else None,
+                "status": self.status, "error": self.reason or None,
+                "input_size": list(self.in_size) if self.in_size else None,
+                "output_size": list(self.out_size) if self.out_size else None,
+                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+
+
+def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        root_path = Path(root)
+        if skip is not None:
+            dirs[:] = [d for d in dirs if (root_path / d).resolve() != skip]
+        if not recursive:
+            dirs[:] = []
+        dirs.sort()
+        files += [root_path / n for n in sorted(names) if is_image_path(root_path / n) and not n.startswith(".")]
+    return files
+
+
+def collect_inputs(inputs: list[str], recursive: bool, out_dir: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to the output folder's root) for every input file, folder or glob."""
+    out_resolved = out_dir.resolve()
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            if path.resolve() == out_resolved:
+                raise UsageError(f"{item}: the output folder is the input folder; choose another -o")
+            for f in _walk(path, recursive, out_resolved):
+                rel = f.relative_to(path) if recursive else Path(f.name)
+                found.append((f, rel))
+        elif path.exists() or not (GLOB_CHARS & set(item)):
+            found.append((path, Path(path.name)))  # a missing file fails on its own, later
+        else:
+            matches = sorted(glob.glob(item, recursive=recursive))
+            if not matches:
+                raise UsageError(f"{item}: no file matches this pattern")
+            found += [(Path(m), Path(Path(m).name)) for m in matches if Path(m).is_file() and is_image_path(Path(m))]
+    return found
+
+
+def output_path(out_dir: Path, rel: Path, template: str, scale: int, model: str, ext: str) -> Path:
+    """Where one output goes; raises UsageError when the template escapes the output folder."""
+    try:
+        name = template.format(stem=rel.stem, scale=scale, model=model, ext=ext.lstrip("."))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"--name {template!r}: bad template ({exc}); use {{stem}}, {{scale}}, {{model}}") from None
+    if not name or name in (".", ".."):
+        raise UsageError(f"--name {template!r} gives an empty file name")
+    target = (out_dir / rel.parent / f"{name}{ext}").resolve()
+    root = out_dir.resolve()
+    if target == root or root not in target.parents:
+        raise UsageError(f"--name {template!r} would write outside the output folder {out_dir}")
+    return target
+
+
+def plan_jobs(
+    inputs: list[str], out_dir: Path, *, recursive: bool, template: str, scale: int, model: str,
+    fmt: str, overwrite: bool,
+) -> list[Job]:
+    """Pair every input with its output, marking clashes, inputs-as-outputs and existing outputs."""
+    pairs = collect_inputs(inputs, recursive, out_dir)
+    sources = {src.resolve() for src, _ in pairs if src.exists()}
+    claimed: dict[Path, Path] = {}
+    jobs = []
+    for src, rel in pairs:
+        job = Job(src, None)
+        jobs.append(job)
+        if not src.is_file():
+            job.status, job.reason = "failed", "no such file" if not src.exists() else "not a regular file"
+            continue
+        if not is_image_path(src):
+            job.status, job.reason = "failed", "not a supported image type (jpg, png, tif, webp, bmp)"
+            continue
+        _, ext = output_format_for(src.suffix.lstrip(".").upper().replace("JPG", "JPEG"), fmt)
+        target = output_path(out_dir, rel, template, scale, model, ext)
+        job.output = target
+        if target in sources:
+            job.status, job.reason = "failed", "output would overwrite an input file; change -o or --name"
+        elif target in claimed:
+            job.status, job.reason = "failed", f"output name clash: {claimed[target]} already writes {target.name}"
+        elif target.exists() and not overwrite:
+            job.status, job.reason = "skipped", "output exists (use --overwrite to redo)"
+            claimed[target] = src
+        else:
+            claimed[target] = src
+    return jobs
+
+
+def fill_transparent(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Replace colour under fully transparent pixels by alpha-weighted neighbour colour.
+
+    Colour hidden by alpha is often black; a network (or any filter) would smear it
+    across visible edges as a dark fringe. Pulling in visible colour avoids that.
+    """
+    hidden = alpha == 0
+    if not hidden.any() or hidden.all():
+        return rgb
+    top = 65535.0 if rgb.dtype == np.uint16 else 255.0
+    colour = torch.from_numpy(rgb.astype(np.float32) / top).permute(2, 0, 1)[None]
+    weight = torch.from_numpy((~hidden).astype(np.float32))[None, None]
+    filled = colour.clone()
+    known = weight.clone()
+    for _ in range(64):  # each pass spreads known colour by a pixel; stops early when all is filled
+        num = torch.nn.functional.avg_pool2d(filled * known, 3, 1, 1, count_include_pad=False)
+        den = torch.nn.functional.avg_pool2d(known, 3, 1, 1, count_include_pad=False)
+        grow = (known == 0) & (den > 0)
+        if not grow.any():
+            break
+        filled = torch.where(grow, num / den.clamp_min(1e-8), filled)
+        known = torch.where(grow, torch.ones_like(known), known)
+    out = filled[0].permute(1, 2, 0).numpy()
+    out[~hidden] = rgb[~hidden].astype(np.float32) / top
+    return np.rint(np.clip(out, 0, 1) * top).astype(rgb.dtype)
+
+
+def upscale_plane(plane: np.ndarray, scale: int, strip: int = 256) -> np.ndarray:
+    """Bicubic upscale of one channel (alpha) in strips, straight into the integer output."""
+    h, w = plane.shape
+    top = 65535.0 if plane.dtype == np.uint16 else 255.0
+    out = np.empty((h * scale, w * scale), plane.dtype)
+    margin = 4
+    for y in range(0, h, strip):
+        a, b = max(0, y - margin), min(h, y + strip + margin)
+        t = torch.from_numpy(plane[a:b].astype(np.float32) / top)[None, None]
+        up = torch.nn.functional.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0]
+        up = up[(y - a) * scale:(min(h, y + strip) - a) * scale]
+        out[y * scale:min(h, y + strip) * scale] = np.rint(up.clamp(0, 1).numpy() * top)
+    return out
+
+
+@dataclass
+class Engine:
+    """A loaded model and how to run it; `run(image, on_tile)` returns the upscaled colour."""
+
+    model: torch.nn.Module
+    name: str
+    scale: int
+    device: torch.device
+    tile: int | str = "auto"
+    overlap: int = 32
+    batch_tiles: int = 1
+    tta: bool = False
+    autocast: object = None
+
+    def tile_for(self, h: int, w: int) -> int:
+        if isinstance(self.tile, int):
+            return self.tile
+        return auto_tile(self.model, self.device, h, w)
+
+    def run(self, image: np.ndarray, out_dtype, on_tile: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+        from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
+
+        tile = self.tile_for(*image.shape[:2])
+        while True:
+            try:
+                out = upscale_image(self.model, image, self.scale, tile=tile, overlap=self.overlap,
+                                    batch_tiles=self.batch_tiles, device=self.device, tta=self.tta,
+                                    autocast=self.autocast, out_dtype=out_dtype, on_tile=on_tile)
+                return out, tile
+            except OutOfMemory:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                smaller = (tile or max(image.shape[:2])) // 2
+                if smaller < 32:
+                    raise
+                tile = smaller
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for activations: CUDA's free memory, else the OS's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def auto_tile(model: torch.nn.Module, device: torch.device, h: int, w: int) -> int:
+    """The largest window-aligned tile whose activations fit a quarter of free memory (whole image if it fits)."""
+    arch = getattr(model, "arch", {"dim": 64, "exp_ratio": 2})
+    bytes_per_px = 4 * arch["dim"] * (16 + 4 * arch["exp_ratio"]) * (1 if device.type == "cuda" else 2)
+    budget = min(available_memory(device) // 4, 8 * 2**30)
+    side = int((budget / bytes_per_px) ** 0.5)
+    if h * w <= side * side:
+        return 0
+    align = max(getattr(model, "window_sizes", [16]))
+    return int(max(align * 2, min(1024, side // align * align)))
+
+
+def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int,
+            on_tile: Callable[[int, int], None] | None = None) -> Job:
+    """Read, upscale, write one file; failures land in job.status/reason, never propagate."""
+    start = time.perf_counter()
+    try:
+        img = read_image(job.source, max_pixels=max_pixels)
+        job.warnings += list(img.warnings)
+        h, w = img.pixels.shape[:2]
+        job.in_size = (w, h)
+        rgb = img.pixels if img.pixels.shape[2] == 3 else np.broadcast_to(img.pixels, (h, w, 3))
+        if img.alpha is not None:
+            rgb = fill_transparent(np.ascontiguousarray(rgb), img.alpha)
+        out_dtype = np.uint16 if img.bit_depth == 16 else np.uint8
+        sr, _ = engine.run(rgb, out_dtype, on_tile)
+        if img.pixels.shape[2] == 1:  # grey in, grey out
+            sr = np.rint(sr.mean(axis=2, dtype=np.float32))[..., None].astype(out_dtype)
+        alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
+        out_fmt, _ = output_format_for(img.format, fmt)
+        dpi = tuple(d * engine.scale for d in img.dpi) if img.dpi else None
+        warnings = write_image(job.output, sr, alpha, fmt=out_fmt, bit_depth=img.bit_depth, quality=quality,
+                               exif=img.exif, xmp=img.xmp, icc_profile=img.icc_profile, dpi=dpi)
+        job.warnings += list(warnings or [])
+        job.out_size = (sr.shape[1], sr.shape[0])
+        job.status = "done"
+    except (ImageReadError, ImageWriteError) as exc:
+        job.status, job.reason = "failed", getattr(exc, "reason", str(exc))
+    except MemoryError:
+        job.status, job.reason = "failed", "out of memory (try --tile 256)"
+    except Exception as exc:  # a bug or device failure must not kill the batch
+        job.status, job.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    job.seconds = time.perf_counter() - start
+    return job
