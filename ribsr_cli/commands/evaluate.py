@@ -1,0 +1,267 @@
+"""`ribsr eval`: PSNR-Y / SSIM-Y on benchmark sets, bicubic alongside, published numbers beside it.
+
+The scoring lives in `ribsr_cli.evaluation`; this module parses flags, loads a
+model through `ribsr_cli.engine.inference.make_upscaler` (imported only when a
+model is asked for, so bicubic evaluation never needs the engine), and writes
+the table, JSON and CSV. User mistakes end with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Callable, NoReturn, Optional
+
+import typer
+
+BASELINES = ("bicubic",)
+MAX_SCALE = 8
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_scales(values: list[str]) -> list[int]:
+    """'2,3' and repeated -s flags into unique integer scales, in the order given."""
+    scales: list[int] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            try:
+                scale = int(item)
+            except ValueError:
+                _fail(f"invalid scale {item!r}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
+            if not 2 <= scale <= MAX_SCALE:
+                _fail(f"invalid scale {scale}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
+            if scale not in scales:
+                scales.append(scale)
+    if not scales:
+        _fail("no scale given: use e.g. -s 2,3,4")
+    return scales
+
+
+def _model_upscaler(model: Optional[str], scale: int, tile: int, tta: bool, device: str) -> tuple[str, Callable]:
+    """(name, fn(lr, scale)) from the engine; the import is lazy so bicubic works without it."""
+    try:
+        from ribsr_cli.engine.inference import make_upscaler
+    except ImportError as exc:
+        hint = "" if model else " (no -m given, so the shipped model was wanted)"
+        _fail(f"model upscaling is unavailable{hint}: cannot import ribsr_cli.engine.inference.make_upscaler "
+              f"({exc}); use --baseline bicubic to score bicubic only")
+    try:
+        return make_upscaler(model, scale, tile=tile, tta=tta, device=device)
+    except Exception as exc:  # missing/damaged weights, wrong scale, unknown device: one line
+        what = f"model {model!r}" if model else "the shipped model"
+        hint = "" if model else "; pass -m MODEL or --baseline bicubic"
+        _fail(f"cannot load {what} for x{scale}: {exc}{hint}")
+
+
+def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
+    """Every choice that changes the numbers, for the JSON file."""
+    from ribsr_cli.evaluation import PUBLISHED_TOLERANCE_DB
+    from ribsr_cli.imaging.metrics import DATA_RANGE, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+
+    return {
+        "datasets": args["datasets"],
+        "scales": args["scales"],
+        "methods": methods,
+        "hr": "mod-cropped to a multiple of the scale (bottom/right)",
+        "lr_source": ("ribsr bicubic_degrade of the HR (--degrade)" if args["degrade"]
+                      else "official LR_bicubic/X{s}/{name}x{s}.png where present, else ribsr bicubic_degrade"),
+        "lr_official_files": report_lr,
+        "degradation": "MATLAB-compatible imresize(HR, 1/scale): bicubic a=-0.5, antialiased, symmetric edges, "
+                       "uint8 rounding after each pass (height first)",
+        "bicubic_upscaler": "the same imresize(LR, scale) on uint8",
+        "sr_quantization": "uint8, round half away from zero, clipped to 0..255",
+        "channel": "RGB (mean over channels)" if args["rgb"] else "Y",
+        "y_conversion": "BT.601: 16 + (65.481 R + 128.553 G + 24.966 B) / 255, float64, unrounded",
+        "grayscale": "scored on the grey values",
+        "crop_border": "scale" if args["crop_border"] is None else args["crop_border"],
+        "psnr": {"data_range": DATA_RANGE, "mean": "arithmetic mean of per-image PSNR"},
+        "ssim": {"window": f"gaussian {SSIM_WINDOW}x{SSIM_WINDOW}", "sigma": SSIM_SIGMA, "k1": SSIM_K1, "k2": SSIM_K2,
+                 "data_range": DATA_RANGE, "padding": "none (valid region)", "float": "float64"},
+        "tta": args["tta"],
+        "tile": args["tile"],
+        "device": args["device"],
+        "seconds": "time inside each method's upscaling calls, summed over images (I/O and scoring excluded)",
+        "published_bicubic_tolerance_db": PUBLISHED_TOLERANCE_DB,
+        "non_finite": "PSNR of identical images is infinite and written as null",
+    }
+
+
+def _write_csv(path: Path, results) -> None:
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["dataset", "scale", "method", "image", "psnr_y", "ssim_y", "seconds"])
+        for r in results:
+            for s in r.per_image:
+                out.writerow([r.dataset, r.scale, r.method, s.name, f"{s.psnr:.6f}", f"{s.ssim:.6f}", ""])
+            out.writerow([r.dataset, r.scale, r.method, "(mean)", f"{r.psnr:.6f}", f"{r.ssim:.6f}", f"{r.seconds:.4f}"])
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as exc:
+        _fail(f"{path}: cannot write ({exc.strerror or exc})", code=1)
+
+
+def _fmt(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "inf"
+
+
+def _print_tables(results, rgb: bool, per_image: bool) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from ribsr_cli.evaluation import BICUBIC, published_bicubic
+
+    # No vertical rules or outer padding: nine columns fit an 80-column terminal.
+    compact = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True, "show_edge": False}
+    chan = "RGB" if rgb else "Y"
+    console = Console()
+    if not console.is_terminal:  # piped or captured: don't squeeze numbers into 80 columns
+        console = Console(width=160)
+    table = Table(title="ribsr eval", **compact)
+    for name, justify in [("Dataset", "left"), ("Scale", "right"), ("Method", "left"), (f"PSNR-{chan}", "right"),
+                          (f"SSIM-{chan}", "right"), ("Δ PSNR", "right"), ("Published", "right"),
+                          ("Images", "right"), ("Seconds", "right")]:
+        table.add_column(name, justify=justify, overflow="fold")
+    bicubic = {(r.dataset, r.scale): r for r in results if r.method == BICUBIC}
+    for r in results:
+        base = bicubic.get((r.dataset, r.scale))
+        is_base = r.method == BICUBIC
+        delta = "" if is_base or base is None else f"{r.psnr - base.psnr:+.3f}"
+        ref = published_bicubic(r.dataset, r.scale) if is_base and not rgb else None
+        table.add_row(r.dataset, f"x{r.scale}", r.method, _fmt(r.psnr, 3), _fmt(r.ssim, 4), delta,
+                      "" if ref is None else f"{ref:.2f}", str(r.images), f"{r.seconds:.2f}")
+    console.print(table)
+    if not per_image:
+        return
+    groups: dict[tuple[str, int], list] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.scale), []).append(r)
+    for (dataset, scale), rows in groups.items():
+        detail = Table(title=f"{dataset} x{scale} per image", **compact)
+        detail.add_column("Image")
+        for r in rows:
+            detail.add_column(f"{r.method} PSNR", justify="right")
+            detail.add_column("SSIM", justify="right")
+        for i, first in enumerate(rows[0].per_image):
+            cells = [first.name]
+            for r in rows:
+                cells += [_fmt(r.per_image[i].psnr, 3), _fmt(r.per_image[i].ssim, 4)]
+            detail.add_row(*cells)
+        console.print(detail)
+
+
+def command(
+    datasets: list[str] = typer.Argument(..., metavar="DATASET",
+                                         help="Benchmark folders: with HR/ (and LR_bicubic/X{s}/), or plain image "
+                                              "folders."),
+    scale: list[str] = typer.Option(["2"], "--scale", "-s",
+                                    help="Scale(s): comma-separated or repeated, e.g. -s 2,3,4."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: shipped name or checkpoint file. "
+                                        "Default: the shipped model for each scale (unless --baseline is given)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Score a baseline ('bicubic') without a model."),
+    tta: bool = typer.Option(False, "--tta", help="x8 self-ensemble for the model (slower, a bit better)."),
+    tile: int = typer.Option(0, "--tile", min=0, help="Model tile size in LR pixels; 0 = whole image."),
+    device: str = typer.Option("auto", "--device", help="Model device: auto, cpu, cuda, cuda:N or mps."),
+    per_image: bool = typer.Option(False, "--per-image", help="Also print a table of per-image scores."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results and protocol as JSON here."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image and mean scores as CSV here."),
+    save_images: Optional[Path] = typer.Option(None, "--save-images",
+                                                 help="Save SR images under DIR/dataset/xS/method/."),
+    rgb: bool = typer.Option(False, "--rgb", help="Score RGB channels instead of Y (not the published protocol)."),
+    crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0,
+                                                 help="Border pixels ignored; default: the scale."),
+    degrade: bool = typer.Option(False, "--degrade", "--ignore-lr",
+                                 help="Make LR with ribsr's bicubic even where official LR files exist."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes; table and warnings only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each image's scores as they come."),
+) -> None:
+    """Score bicubic (always) and a model on each dataset and scale; see ribsr_cli.evaluation for the protocol."""
+    from ribsr_cli import __version__
+    from ribsr_cli.evaluation import EvalError, check_pairs, discover_dataset, evaluate
+
+    if quiet and verbose:
+        _fail("choose one of -q and -v")
+    if baseline is not None and baseline.lower() not in BASELINES:
+        _fail(f"unknown baseline {baseline!r}: choose {', '.join(BASELINES)}")
+    scales = parse_scales(scale)
+    use_model = model is not None or baseline is None
+    try:
+        found = [discover_dataset(d) for d in datasets]
+        if not degrade:
+            for ds in found:
+                check_pairs(ds, scales)
+    except EvalError as exc:
+        _fail(str(exc))
+    if len({ds.name for ds in found}) != len(found):
+        _fail("two datasets share a folder name; results would be ambiguous")
+
+    from rich.progress import Progress
+
+    results, warnings, lr_files, method_names = [], [], {}, []
+    for s in scales:
+        methods = {}
+        if use_model:  # loaded before the progress bar starts, one scale's model at a time
+            name, fn = _model_upscaler(model, s, tile, tta, device)
+            methods[name] = fn
+        console = _stderr_console()
+        with Progress(transient=True, disable=quiet or verbose or not console.is_terminal, console=console) as progress:
+            task = progress.add_task(f"x{s}", total=sum(len(ds.hr_files) for ds in found))
+
+            def on_image(ds, s, name, scores) -> None:
+                progress.advance(task)
+                if verbose:
+                    line = "  ".join(f"{m} {_fmt(v.psnr, 3)} dB / {_fmt(v.ssim, 4)}" for m, v in scores.items())
+                    typer.echo(f"{ds.name} x{s} {name}: {line}", err=True)
+
+            try:
+                report = evaluate(found, [s], methods, crop_border=crop_border, test_y=not rgb,
+                                  use_official_lr=not degrade, save_dir=save_images, on_image=on_image)
+            except EvalError as exc:
+                error = (str(exc), 2)
+            except Exception as exc:  # a model failing mid-run: one line, not a traceback
+                error = (f"evaluation failed at x{s}: {type(exc).__name__}: {exc}", 1)
+            else:
+                error = None
+        if error:
+            _fail(*error)
+        results += report.results
+        warnings += report.warnings
+        lr_files.update(report.lr_files_used)
+        method_names += [m for m in dict.fromkeys(r.method for r in report.results) if m not in method_names]
+
+    order = {ds.name: i for i, ds in enumerate(found)}
+    results.sort(key=lambda r: (order[r.dataset], r.scale))
+    for w in warnings:
+        typer.echo(f"Warning: {w}", err=True)
+    _print_tables(results, rgb, per_image)
+
+    args = {"datasets": {ds.name: str(ds.root.resolve()) for ds in found}, "scales": scales, "degrade": degrade,
+            "rgb": rgb, "crop_border": crop_border, "tta": tta if use_model else None,
+            "tile": tile if use_model else None, "device": device if use_model else None}
+    if json_path is not None:
+        doc = {"ribsr_version": __version__, "protocol": protocol(args, lr_files, method_names),
+               "results": [r.as_dict() for r in results]}
+        _write(json_path, lambda p: p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n"))
+    if csv_path is not None:
+        _write(csv_path, lambda p: _write_csv(p, results))
+    if not quiet:
+        for path in (json_path, csv_path):
+            if path is not None:
+                typer.echo(f"wrote {path}", err=True)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
