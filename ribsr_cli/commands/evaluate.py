@@ -86,6 +86,7 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
                  "data_range": DATA_RANGE, "padding": "none (valid region)", "float": "float64"},
         "tta": args["tta"],
         "tile": args["tile"],
+        "tiled_fallbacks": args["tiled_fallbacks"] or "none: every image was upscaled whole",
         "device": args["device"],
         "seconds": "time inside each method's upscaling calls, summed over images (I/O and scoring excluded)",
         "published_bicubic_tolerance_db": PUBLISHED_TOLERANCE_DB,
@@ -115,7 +116,7 @@ def _fmt(x: float, digits: int) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "inf"
 
 
-def _print_tables(results, rgb: bool, per_image: bool) -> None:
+def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None = None) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -128,7 +129,8 @@ def _print_tables(results, rgb: bool, per_image: bool) -> None:
     console = Console()
     if not console.is_terminal:  # piped or captured: don't squeeze numbers into 80 columns
         console = Console(width=160)
-    table = Table(title="ribsr eval", **compact)
+    caption = f"tiled (out of memory whole): {'; '.join(tiled)}" if tiled else "whole images, no tiling"
+    table = Table(title="ribsr eval", caption=caption, **compact)
     for name, justify in [("Dataset", "left"), ("Scale", "right"), ("Method", "left"), (f"PSNR-{chan}", "right"),
                           (f"SSIM-{chan}", "right"), ("Δ PSNR", "right"), ("Published", "right"),
                           ("Images", "right"), ("Seconds", "right")]:
@@ -209,6 +211,7 @@ def command(
     from rich.progress import Progress
 
     results, warnings, lr_files, method_names = [], [], {}, []
+    tiled_fallbacks: list[str] = []
     for s in scales:
         methods = {}
         if use_model:  # loaded before the progress bar starts, one scale's model at a time
@@ -237,6 +240,10 @@ def command(
             _fail(*error)
         results += report.results
         warnings += report.warnings
+        for fn in methods.values():
+            fallbacks = getattr(fn, "fallbacks", [])
+            warnings += [f"x{s}: {note}" for note in fallbacks]
+            tiled_fallbacks += [f"x{s}: {note}" for note in fallbacks]
         lr_files.update(report.lr_files_used)
         method_names += [m for m in dict.fromkeys(r.method for r in report.results) if m not in method_names]
 
@@ -244,11 +251,12 @@ def command(
     results.sort(key=lambda r: (order[r.dataset], r.scale))
     for w in warnings:
         typer.echo(f"Warning: {w}", err=True)
-    _print_tables(results, rgb, per_image)
+    _print_tables(results, rgb, per_image, tiled_fallbacks)
 
     args = {"datasets": {ds.name: str(ds.root.resolve()) for ds in found}, "scales": scales, "degrade": degrade,
             "rgb": rgb, "crop_border": crop_border, "tta": tta if use_model else None,
-            "tile": tile if use_model else None, "device": device if use_model else None}
+            "tile": tile if use_model else None, "device": device if use_model else None,
+            "tiled_fallbacks": tiled_fallbacks}
     if json_path is not None:
         doc = {"ribsr_version": __version__, "protocol": protocol(args, lr_files, method_names),
                "results": [r.as_dict() for r in results]}

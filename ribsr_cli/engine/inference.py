@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.attention import configure_attention
-from ribsr_cli.engine.tiling import upscale_image
+from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -71,13 +71,26 @@ def make_upscaler(
     name, model = resolve(model_name_or_path, scale, arch, device="cpu")
     autocast = prepare(model, dev, precision, attention)
 
+    def upscale_whole_or_tiled(rgb: np.ndarray, s: int) -> np.ndarray:
+        """Whole image unless memory says no; then tiles, halving until it fits, and noted in `run.fallbacks`."""
+        size = tile
+        while True:
+            try:
+                return upscale_image(model, rgb, s, tile=size, device=dev, tta=tta, autocast=autocast)
+            except OutOfMemory:
+                size = (size or 1024) // 2 if size else 1024
+                if size < 64:
+                    raise
+                run.fallbacks.append(f"{rgb.shape[1]}x{rgb.shape[0]} image tiled at {size} px (out of memory whole)")
+
     def run(lr: np.ndarray, s: int) -> np.ndarray:
         grey = lr.ndim == 2 or lr.shape[-1] == 1
         rgb = np.repeat(lr.reshape(lr.shape[0], lr.shape[1], 1), 3, axis=2) if grey else lr
-        sr = upscale_image(model, rgb, s, tile=tile, device=dev, tta=tta, autocast=autocast)
+        sr = upscale_whole_or_tiled(rgb, s)
         if grey:
             sr = np.rint(sr.astype(np.float32).mean(axis=2)).astype(lr.dtype)
             return sr if lr.ndim == 2 else sr[..., None]
         return sr
 
+    run.fallbacks = []  # type: ignore[attr-defined]
     return name, run
