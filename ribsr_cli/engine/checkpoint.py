@@ -205,4 +205,5 @@ def save_model(model: SST, path: str | Path, provenance: dict[str, Any] | None =
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors creates the file private; weights are meant to be shared
     tmp.replace(path)
