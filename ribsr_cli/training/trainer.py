@@ -153,8 +153,9 @@ def init_body_from(model: nn.Module, path: str) -> list[str]:
 
 # ---- the loop -------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run (or continue) training until total_steps or max_minutes; returns the run folder."""
+def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
+          stop_at: int | None = None) -> Path:
+    """Run (or continue) training until total_steps or max_minutes (or step `stop_at`, as an interruption would)."""
     from ribsr_cli.training.photos import HRPool
 
     torch.set_num_threads(cfg.threads)
@@ -173,13 +174,13 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     else:
         arch = dict(build_model(cfg.arch).arch) if isinstance(cfg.arch, str) else dict(cfg.arch)
         arch["upscaling_factor"] = cfg.scale
+    rng = np.random.default_rng(cfg.seed + rank)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # before building: the initial weights are part of the run's reproducibility
     model = build_model(arch).to(device)
     configure_attention(model, strategy=cfg.attention_strategy)
     ema = build_model(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed + rank)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     step, elapsed_before = 0, 0.0
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -242,8 +243,15 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         cfg.total_steps = step + max(1, int((cfg.max_minutes - minutes()) * 60 / (elapsed_before / step)))
     schedule_end = 10**9 if time_fitted else cfg.total_steps
     window_start, window_step = time.time(), step
+    import sys
+
+    from tqdm import tqdm
+
+    # A live bar on a terminal; in a nohup'ed run (no tty) the CSV log and the validation lines are the record.
+    bar = tqdm(total=cfg.total_steps or None, initial=step, unit="step", dynamic_ncols=True,
+               disable=rank != 0 or not sys.stderr.isatty())
     model.train()
-    while step < schedule_end and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
+    while step < min(schedule_end, stop_at or schedule_end) and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
         lr_now = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr_now
@@ -257,6 +265,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         opt.step()
         ema_update(ema, model, cfg.ema_decay if step > cfg.warmup_steps else 0.0)
         step += 1
+        bar.update(1)
         if time_fitted and step >= calibrate_at and step % 50 == 0:
             # fit the cosine schedule to the time budget, re-measured as the machine's load changes
             per_step = (time.time() - window_start) / (step - window_step)
@@ -268,7 +277,10 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         val = ""
         if rank == 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
             val = f"{validate(ema, val_pairs, cfg.scale):.3f}"
-            log(f"step {step} loss {running:.4f} lr {lr_now:.2e} val PSNR-Y {val} dB ({minutes():.1f} min)")
+            bar.total = cfg.total_steps
+            bar.set_postfix(loss=f"{running:.4f}", val_psnr=val)
+            (bar.write if not bar.disable else log)(
+                f"step {step} loss {running:.4f} lr {lr_now:.2e} val PSNR-Y {val} dB ({minutes():.1f} min)")
         if rank == 0 and (step % 50 == 0 or val):
             writer.writerow([step, f"{running:.5f}", f"{lr_now:.3e}", val, f"{minutes():.2f}"])
             log_file.flush()
@@ -276,6 +288,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             checkpoint()
             last_ckpt = time.time()
     checkpoint()
+    bar.close()
     log_file.close()
     log(f"stopped at step {step} after {minutes():.1f} min; checkpoint {ckpt_path}")
     if ddp:
