@@ -26,6 +26,7 @@ from ribsr_cli.imaging.io import (
     read_image,
     write_image,
 )
+from ribsr_cli.imaging.io_write import normalise_format
 
 GLOB_CHARS = set("*?[")
 
@@ -84,8 +85,40 @@ def collect_inputs(inputs: list[str], recursive: bool, out_dir: Path) -> list[tu
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:
                 raise UsageError(f"{item}: no file matches this pattern")
-            found += [(Path(m), Path(Path(m).name)) for m in matches if Path(m).is_file() and is_image_path(Path(m))]
-    return found
+            base = _glob_base(item)
+            # like folder walks, a pattern never picks up earlier outputs: re-running must resume, not re-upscale them
+            found += [(Path(m), _mirrored(Path(m), base) if recursive else Path(Path(m).name)) for m in matches
+                      if Path(m).is_file() and is_image_path(Path(m)) and out_resolved not in Path(m).resolve().parents]
+    return _unique(found)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The pattern's leading folders without wildcards: what `-r` mirrors a match's path from."""
+    fixed = []
+    for part in Path(pattern).parts[:-1]:
+        if GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _mirrored(match: Path, base: Path) -> Path:
+    try:
+        return match.relative_to(base)
+    except ValueError:
+        return Path(match.name)
+
+
+def _unique(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """One entry per file: naming a file twice (or a file and its folder) must not read as an output clash."""
+    seen: set[Path] = set()
+    unique = []
+    for src, rel in found:
+        key = src.resolve() if src.exists() else src
+        if key not in seen:
+            seen.add(key)
+            unique.append((src, rel))
+    return unique
 
 
 def output_path(out_dir: Path, rel: Path, template: str, scale: int, model: str, ext: str) -> Path:
@@ -245,7 +278,10 @@ def auto_tile(model: torch.nn.Module, device: torch.device, h: int, w: int) -> i
 
 def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int,
             on_tile: Callable[[int, int], None] | None = None) -> Job:
-    """Read, upscale, write one file; failures land in job.status/reason, never propagate."""
+    """Read, upscale, write one file; failures land in job.status/reason, never propagate.
+
+    The output format is the planned name's extension (`fmt` was folded into it by plan_jobs).
+    """
     start = time.perf_counter()
     try:
         img = read_image(job.source, max_pixels=max_pixels)
@@ -256,11 +292,16 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         if img.alpha is not None:
             rgb = fill_transparent(np.ascontiguousarray(rgb), img.alpha)
         out_dtype = np.uint16 if img.bit_depth == 16 else np.uint8
+        folder = job.output.parent  # -r mirrors sub-folders, and --name may add some
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImageWriteError(job.output, f"cannot create folder {folder} ({exc.strerror or exc})") from None
         sr, _ = engine.run(rgb, out_dtype, on_tile)
         if img.pixels.shape[2] == 1:  # grey in, grey out
             sr = np.rint(sr.mean(axis=2, dtype=np.float32))[..., None].astype(out_dtype)
         alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
-        out_fmt, _ = output_format_for(img.format, fmt)
+        out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies
         dpi = tuple(d * engine.scale for d in img.dpi) if img.dpi else None
         warnings = write_image(job.output, sr, alpha, fmt=out_fmt, bit_depth=img.bit_depth, quality=quality,
                                exif=img.exif, xmp=img.xmp, icc_profile=img.icc_profile, dpi=dpi)

@@ -57,12 +57,13 @@ def command(
 
     from ribsr_cli.upscaling import UsageError, plan_jobs
 
-    console = Console(stderr=False, quiet=False)
-    err = Console(stderr=True)
+    # soft_wrap: a "failed FILE: reason" line stays one line in logs and pipes, whatever the width
+    console = Console(stderr=False, quiet=False, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     tile_value = _tile_option(tile)
-    model_label = Path(model).stem if model and Path(model).exists() else (model or "default")
+    model_label = _model_label(model, scale)
     try:
         jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale, model=model_label,
                          fmt=fmt, overwrite=overwrite)
@@ -77,24 +78,48 @@ def command(
             state = "would write" if job.status == "pending" else job.status
             console.print(f"{state:12s} {job.source} -> {job.output or '-'}" + (f"  ({job.reason})" if job.reason else ""),
                           highlight=False)
-        raise typer.Exit(0)
+        raise typer.Exit(1 if any(j.status == "failed" for j in jobs) else 0)
 
-    engine = _load_engine(err, model, arch, scale, device, precision, attention, tile_value, tile_overlap,
-                          batch_tiles, tta)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.print(f"[red]error:[/] {output}: cannot create output folder ({exc.strerror})", highlight=False)
-        raise typer.Exit(2)
-    if verbose:
-        err.print(f"model {engine.name} x{scale} on {engine.device}", highlight=False)
+    engine = None
+    if any(j.status == "pending" for j in jobs):  # a finished batch re-run needs no model
+        engine = _load_engine(err, model, arch, scale, device, precision, attention, tile_value, tile_overlap,
+                              batch_tiles, tta)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err.print(f"[red]error:[/] {output}: cannot create output folder ({exc.strerror})", highlight=False)
+            raise typer.Exit(2)
+        if verbose:
+            err.print(f"model {engine.name} x{scale} on {engine.device}", highlight=False)
     interrupted = _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose)
     _summary(jobs, console, err, quiet, interrupted)
-    if json_out:
-        json_out.write_text(json.dumps({"model": engine.name, "scale": scale, "files": [j.as_dict() for j in jobs]}, indent=2))
+    json_failed = bool(json_out) and not _write_json(json_out, engine.name if engine else model_label, scale, jobs, err)
     if interrupted:
         raise typer.Exit(130)
-    raise typer.Exit(1 if any(j.status == "failed" for j in jobs) else 0)
+    raise typer.Exit(1 if json_failed or any(j.status == "failed" for j in jobs) else 0)
+
+
+def _model_label(model: str | None, scale: int) -> str:
+    """What {model} in --name stands for: the checkpoint's stem, the shipped name, or the scale's shipped default."""
+    if model and Path(model).exists():
+        return Path(model).stem
+    if model:
+        return model
+    from ribsr_cli.engine.registry import default_entry
+
+    entry = default_entry(scale)
+    return entry["name"] if entry else "default"
+
+
+def _write_json(path: Path, model_name: str, scale: int, jobs, err) -> bool:
+    """The --json report; a failure to write it is one error line (exit 1), not a traceback after the work is done."""
+    data = json.dumps({"model": model_name, "scale": scale, "files": [j.as_dict() for j in jobs]}, indent=2)
+    try:
+        path.write_text(data + "\n")
+    except OSError as exc:
+        err.print(f"[red]error:[/] {path}: cannot write the JSON report ({exc.strerror or exc})", highlight=False)
+        return False
+    return True
 
 
 def _load_engine(err, model, arch, scale, device, precision, attention, tile, overlap, batch_tiles, tta):
@@ -107,8 +132,8 @@ def _load_engine(err, model, arch, scale, device, precision, attention, tile, ov
         dev = pick_device(device)
         label, net = resolve(model, scale, arch)
         autocast = prepare(net, dev, precision, attention)
-    except (CheckpointError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+    except (CheckpointError, ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
+        err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
         raise typer.Exit(2)
     return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast)
 
@@ -132,23 +157,24 @@ def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbo
         def on_tile(done: int, total: int) -> None:
             progress.update(tiles, completed=done, total=total, visible=total > 1)
 
-        for job in pending:
-            progress.update(files, description=f"files  {job.source.name[:40]}")
-            try:
+        job = None
+        try:  # Ctrl-C may land between files too; outputs are atomic, so only the report needs care
+            for job in pending:
+                progress.update(files, description=f"files  {job.source.name[:40]}")
                 process(job, engine, fmt=fmt, quality=quality, max_pixels=max_pixels, on_tile=on_tile)
-            except KeyboardInterrupt:
+                progress.update(tiles, visible=False, completed=0)
+                progress.advance(files)
+                if job.status == "failed":
+                    progress.console.print(f"[red]failed[/] {job.source}: {job.reason}", highlight=False)
+                elif verbose:
+                    extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
+                    progress.console.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s{extra}", highlight=False)
+                elif job.warnings and not quiet:
+                    progress.console.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}", highlight=False)
+        except KeyboardInterrupt:
+            if job is not None and job.status == "pending":
                 job.status, job.reason = "failed", "interrupted"
-                interrupted = True
-                break
-            progress.update(tiles, visible=False, completed=0)
-            progress.advance(files)
-            if job.status == "failed":
-                progress.console.print(f"[red]failed[/] {job.source}: {job.reason}", highlight=False)
-            elif verbose:
-                extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
-                progress.console.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s{extra}", highlight=False)
-            elif job.warnings and not quiet:
-                progress.console.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}", highlight=False)
+            interrupted = True
     return interrupted
 
 
@@ -172,4 +198,6 @@ def _summary(jobs, console, err, quiet: bool, interrupted: bool) -> None:
     else:
         console.print(f"{len(done)} done, {len(skipped)} skipped, {len(failed)} failed", highlight=False)
     if interrupted:
-        err.print(f"[yellow]interrupted:[/] {len(done)} file(s) finished and kept; no partial output was left", highlight=False)
+        waiting = sum(j.status == "pending" for j in jobs)
+        err.print(f"[yellow]interrupted:[/] {len(done)} file(s) finished and kept, {waiting} not started; "
+                  "no partial output was left", highlight=False)

@@ -111,7 +111,9 @@ def _forward_batch(model, tiles: list[np.ndarray], device, tta: bool, autocast) 
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(str(exc)) from None
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "not enough memory" in str(exc).lower():
+        text = str(exc).lower()
+        # CUDA/MPS say "out of memory"; the CPU allocator says "can't allocate memory"
+        if any(key in text for key in ("out of memory", "not enough memory", "allocate memory")):
             raise OutOfMemory(str(exc)) from None
         raise
     return [o.permute(1, 2, 0).cpu().numpy() for o in out]
