@@ -27,6 +27,7 @@ from ribsr_cli.imaging.io import (
     write_image,
 )
 from ribsr_cli.imaging.io_write import normalise_format
+from ribsr_cli.pixels import grey_like, to_rgb
 
 GLOB_CHARS = set("*?[")
 
@@ -288,7 +289,7 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         job.warnings += list(img.warnings)
         h, w = img.pixels.shape[:2]
         job.in_size = (w, h)
-        rgb = img.pixels if img.pixels.shape[2] == 3 else np.broadcast_to(img.pixels, (h, w, 3))
+        rgb = to_rgb(img.pixels)
         if img.alpha is not None:
             rgb = fill_transparent(np.ascontiguousarray(rgb), img.alpha)
         out_dtype = np.uint16 if img.bit_depth == 16 else np.uint8
@@ -298,8 +299,7 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         except OSError as exc:
             raise ImageWriteError(job.output, f"cannot create folder {folder} ({exc.strerror or exc})") from None
         sr, _ = engine.run(rgb, out_dtype, on_tile)
-        if img.pixels.shape[2] == 1:  # grey in, grey out
-            sr = np.rint(sr.mean(axis=2, dtype=np.float32))[..., None].astype(out_dtype)
+        sr = grey_like(sr, img.pixels)  # grey in, grey out
         alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
         out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies
         dpi = tuple(d * engine.scale for d in img.dpi) if img.dpi else None

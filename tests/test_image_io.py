@@ -24,17 +24,16 @@ from ribsr_cli.imaging import io_write
 from ribsr_cli.imaging.io import (
     ImageReadError,
     ImageWriteError,
-    LoadedImage,
     from_float,
     is_image_path,
     output_format_for,
     read_image,
-    restore_channels,
     to_float,
     to_rgb,
     write_image,
 )
 from ribsr_cli.imaging.metadata import exif_orientation, png_chunk
+from ribsr_cli.pixels import grey_like
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -724,17 +723,31 @@ def test_from_float_clips_rounds_and_cleans_nan() -> None:
         from_float(arr, 10)
 
 
-def test_to_rgb_and_restore_channels(photo: np.ndarray) -> None:
+def test_to_rgb_and_grey_like(photo: np.ndarray) -> None:
     grey = _grey(photo)[..., None]
-    like = LoadedImage(grey, None, "L", 8, "PNG")
     rgb = to_rgb(grey)
-    assert rgb.shape == (*grey.shape[:2], 3)
-    np.testing.assert_array_equal(restore_channels(rgb, like), grey)
+    assert rgb.shape == (*grey.shape[:2], 3) and np.shares_memory(rgb, grey)  # a view, not a copy
+    np.testing.assert_array_equal(grey_like(rgb, grey), grey)
+    np.testing.assert_array_equal(grey_like(to_rgb(grey[..., 0]), grey[..., 0]), grey[..., 0])  # 2-D stays 2-D
     uneven = rgb.astype(np.int16) + np.array([-3, 0, 3], dtype=np.int16)
-    np.testing.assert_array_equal(restore_channels(uneven, like), grey.astype(np.int16))  # mean of the three
-    colour = LoadedImage(photo, None, "RGB", 8, "PNG")
-    assert restore_channels(photo, colour) is photo and to_rgb(photo) is photo
-    assert restore_channels(to_float(rgb), like).dtype == np.float32
+    np.testing.assert_array_equal(grey_like(uneven, grey), grey.astype(np.int16))  # mean of the three
+    uneven[..., 2] += 1  # mean lands on .33: rounds down
+    np.testing.assert_array_equal(grey_like(uneven, grey), grey.astype(np.int16))
+    assert grey_like(photo, photo) is photo and to_rgb(photo) is photo
+    assert grey_like(to_float(rgb), grey).dtype == np.float32
+    with pytest.raises(ValueError):
+        to_rgb(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_from_float_writes_into_a_view() -> None:
+    out = np.zeros((4, 6), np.uint16)
+    values = np.linspace(0, 1, 8, dtype=np.float32).reshape(2, 4)
+    from_float(values, 16, out=out[1:3, 1:5])
+    np.testing.assert_array_equal(out[1:3, 1:5], np.rint(values * 65535).astype(np.uint16))
+    assert out[0].sum() == 0 and out[:, 0].sum() == 0 and out[:, 5].sum() == 0
+    assert to_float(values).dtype == np.float32 and np.array_equal(to_float(values), values)  # floats pass through
+    with pytest.raises(TypeError):
+        to_float(np.zeros(3, np.int32))
 
 
 @pytest.mark.parametrize("source,requested,expected", [

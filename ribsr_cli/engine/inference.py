@@ -10,6 +10,7 @@ import torch
 
 from ribsr_cli.engine.attention import configure_attention
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
+from ribsr_cli.pixels import grey_like, to_rgb
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -84,13 +85,7 @@ def make_upscaler(
                 run.fallbacks.append(f"{rgb.shape[1]}x{rgb.shape[0]} image tiled at {size} px (out of memory whole)")
 
     def run(lr: np.ndarray, s: int) -> np.ndarray:
-        grey = lr.ndim == 2 or lr.shape[-1] == 1
-        rgb = np.repeat(lr.reshape(lr.shape[0], lr.shape[1], 1), 3, axis=2) if grey else lr
-        sr = upscale_whole_or_tiled(rgb, s)
-        if grey:
-            sr = np.rint(sr.astype(np.float32).mean(axis=2)).astype(lr.dtype)
-            return sr if lr.ndim == 2 else sr[..., None]
-        return sr
+        return grey_like(upscale_whole_or_tiled(to_rgb(lr), s), lr)
 
     run.fallbacks = []  # type: ignore[attr-defined]
     return name, run

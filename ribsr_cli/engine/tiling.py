@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ribsr_cli.pixels import from_float, to_float
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -88,23 +90,12 @@ def run_model(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Ten
     return acc / len(DIHEDRAL)
 
 
-def _to_float(region: np.ndarray) -> torch.Tensor:
-    scale = 65535.0 if region.dtype == np.uint16 else 255.0 if region.dtype == np.uint8 else 1.0
-    return torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32) / scale).permute(2, 0, 1)
-
-
-def _store(dst: np.ndarray, values: np.ndarray) -> None:
-    top = 65535.0 if dst.dtype == np.uint16 else 255.0
-    np.multiply(np.clip(values, 0.0, 1.0), top, out=values)
-    dst[...] = np.rint(values)
-
-
 class OutOfMemory(RuntimeError):
     pass
 
 
 def _forward_batch(model, tiles: list[np.ndarray], device, tta: bool, autocast) -> list[np.ndarray]:
-    batch = torch.stack([_to_float(t) for t in tiles]).to(device)
+    batch = torch.stack([torch.from_numpy(to_float(t)).permute(2, 0, 1) for t in tiles]).to(device)
     try:
         with torch.inference_mode(), autocast:
             out = run_model(model, batch, tta).float().clamp_(0, 1)
@@ -190,7 +181,7 @@ def upscale_image(
         n_final = final_end - acc_top
         if n_final > 0:
             block = acc[:n_final] / np.maximum(wsum[:n_final], 1e-8)
-            _store(out[acc_top:final_end], block)
+            from_float(block, 16 if out_dtype == np.uint16 else 8, out=out[acc_top:final_end])
             acc, wsum = acc[n_final:], wsum[n_final:]
             acc_top = final_end
     return out
