@@ -72,3 +72,45 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[110] == pytest.approx(1e-5)
+
+
+def test_readme_models_table_is_the_manifest(tmp_path: Path) -> None:
+    """The README's scores are rendered from weights/MANIFEST.json, so the two cannot disagree."""
+    import json
+
+    from ribsr_cli.training.export import README_MARKERS, models_table, update_readme
+
+    manifest = json.loads((REPO / "weights" / "MANIFEST.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    start, end = README_MARKERS
+    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == models_table(manifest)
+    for m in manifest["models"]:  # every shipped file is in the table with its measured Set5 score
+        assert f"`{m['name']}`" in readme and f"{m['metrics']['Set5']['psnr_y']:.2f} /" in readme
+
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{start}\nstale\n{end}\noutro\n")
+    assert update_readme(copy, manifest)
+    assert copy.read_text() == f"intro\n{start}\n{models_table(manifest)}\n{end}\noutro\n"
+    copy.write_text("no markers\n")
+    assert not update_readme(copy, manifest) and copy.read_text() == "no markers\n"
+
+
+def test_time_boxed_schedule_follows_the_clock_not_the_step() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, total_steps=0, max_minutes=60)
+    fractions = [i / 20 for i in range(21)]
+    lrs = [learning_rate(cfg, 500, f) for f in fractions]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx((1e-3 + 1e-5) / 2) and lrs[20] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    # the same moment gives the same rate whatever the step count (a slow stretch cannot shift the decay)
+    assert learning_rate(cfg, 300, 0.4) == learning_rate(cfg, 30000, 0.4)
+    assert learning_rate(cfg, 5, 0.9) == pytest.approx(6e-4)  # warm-up is still counted in steps
+    assert learning_rate(cfg, 500, 1.7) == pytest.approx(1e-5)  # past the budget: the floor
+
+
+def test_time_boxed_run_needs_a_budget_to_resume(tmp_path: Path, pool: Path) -> None:
+    cfg = _cfg(tmp_path, pool, 0, max_minutes=0.05)
+    train(cfg, resume=False, log=_quiet)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["time_fitted"] and state["step"] > 0
+    with pytest.raises(ValueError, match="resumed time-boxed run needs --max-minutes"):
+        train(_cfg(tmp_path, pool, 0), resume=True, log=_quiet)

@@ -33,4 +33,8 @@ def command(
                       patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
                       max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
                       seed=seed, init_from=str(init_from or ""))
-    train(cfg, resume=resume, log=lambda m: typer.echo(m))
+    try:
+        train(cfg, resume=resume, log=lambda m: typer.echo(m))
+    except (ValueError, FileNotFoundError) as exc:  # bad flags or a missing data/run folder: one line, not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

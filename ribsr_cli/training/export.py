@@ -1,6 +1,7 @@
 """Ship a trained run: measure it with the eval protocol, copy its EMA weights into `weights/`, update the manifest.
 
     python -m ribsr_cli.training.export runs/ribsr-s-x2 --name ribsr-s-x2 --default
+    python -m ribsr_cli.training.export --readme      # only re-render README's models table
 
 The manifest entry records what a user needs to trust and reproduce the file:
 architecture, parameter count, sha256, training data, steps, wall time and
@@ -105,16 +106,56 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path) -
     return entry
 
 
+README_MARKERS = ("<!-- models-table -->", "<!-- /models-table -->")
+
+
+def models_table(manifest: dict) -> str:
+    """README's table of shipped models, rendered from the manifest so the docs cannot drift from the measurements."""
+    rows = ["| model | scale | params | Set5 PSNR-Y / SSIM-Y (bicubic) | Set14 PSNR-Y / SSIM-Y (bicubic) "
+            "| CPU s / input MP | training |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in manifest["models"]:
+        cells = []
+        for ds in ("Set5", "Set14"):
+            r = m["metrics"].get(ds)
+            cells.append(f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f} ({r['bicubic_psnr_y']:.2f})" if r else "n/a")
+        t = m["training"]
+        rows.append(f"| `{m['name']}`{' (default)' if m.get('default') else ''} | ×{m['scale']} "
+                    f"| {m['params'] / 1e6:.2f} M | {cells[0]} | {cells[1]} | {m['cpu_seconds_per_input_mp']:.2f} "
+                    f"| {t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']} |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path, manifest: dict) -> bool:
+    """Replace the text between README's models-table markers; False when the markers are missing."""
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{models_table(manifest)}\n{end}{tail}")
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="run folder holding ema.safetensors")
-    ap.add_argument("--name", required=True)
+    ap.add_argument("run", type=Path, nargs="?", help="run folder holding ema.safetensors")
+    ap.add_argument("--name")
+    ap.add_argument("--readme", action="store_true", help="only re-render README's models table from the manifest")
     ap.add_argument("--default", action="store_true", help="make it the default model for its scale")
     ap.add_argument("--benchmarks", type=Path, default=Path("../shared/benchmarks"))
     ap.add_argument("--photo", type=Path, default=Path("examples/astronaut.png"), help="photo for the CPU timing")
     args = ap.parse_args()
+    readme = weights_dir().parent / "README.md"
+    if args.readme:
+        manifest = json.loads((weights_dir() / "MANIFEST.json").read_text())
+        raise SystemExit(0 if update_readme(readme, manifest) else f"{readme}: models-table markers not found")
+    if args.run is None or not args.name:
+        ap.error("give a run folder and --name (or --readme)")
     entry = export(args.run, args.name, args.default, args.benchmarks, args.photo)
     print(json.dumps({k: entry[k] for k in ("name", "scale", "params", "sha256", "metrics", "cpu_seconds_per_input_mp")}, indent=2))
+    update_readme(readme, json.loads((weights_dir() / "MANIFEST.json").read_text()))
 
 
 if __name__ == "__main__":

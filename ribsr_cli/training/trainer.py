@@ -43,7 +43,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
     warmup_steps: int = 500
-    total_steps: int = 20000  # length of the cosine schedule; 0 = fit it to max_minutes after 20 timed steps
+    total_steps: int = 20000  # length of the cosine schedule; 0 = the cosine follows the max_minutes clock
     max_minutes: float = 0.0  # 0 = no time limit
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -77,10 +77,19 @@ def make_batch(pool, rng: np.random.Generator, batch: int, patch: int, scale: in
 
 # ---- schedule / EMA ------------------------------------------------------------
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+def learning_rate(cfg: TrainConfig, step: int, time_fraction: float | None = None) -> float:
+    """Linear warm-up over steps, then cosine from lr to min_lr.
+
+    A time-boxed run passes the fraction of its minutes budget spent: its decay then follows the clock, so
+    a slow stretch (another job sharing the CPU) cannot pull the schedule forward and push it back later,
+    as a cosine over a step count re-estimated from the current speed would.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    if time_fraction is None:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    else:
+        progress = min(1.0, max(0.0, time_fraction))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -234,12 +243,13 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         save_model(ema, out / "ema.safetensors", {"steps": step, "minutes": round(minutes(), 1), "arch_name": cfg.arch,
                                                    "scale": cfg.scale, "data": cfg.data_dir, "seed": cfg.seed})
 
-    if not cfg.total_steps and not cfg.max_minutes:
-        raise ValueError("give --steps, or --max-minutes with --steps 0 to fit the schedule to the time budget")
     time_fitted = not cfg.total_steps or bool(cfg.extra.get("time_fitted"))
     cfg.extra["time_fitted"] = time_fitted
+    if time_fitted and not cfg.max_minutes:
+        raise ValueError("give --steps, or --max-minutes with --steps 0 to fit the schedule to the time budget "
+                         "(a resumed time-boxed run needs --max-minutes: its new total)")
     calibrate_at = step + 50
-    if time_fitted and step and cfg.max_minutes:  # resumed: stretch the schedule over the new budget
+    if time_fitted and step:  # resumed: the cosine resumes at the spent fraction of the new budget
         cfg.total_steps = step + max(1, int((cfg.max_minutes - minutes()) * 60 / (elapsed_before / step)))
     schedule_end = 10**9 if time_fitted else cfg.total_steps
     window_start, window_step = time.time(), step
@@ -252,7 +262,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
                disable=rank != 0 or not sys.stderr.isatty())
     model.train()
     while step < min(schedule_end, stop_at or schedule_end) and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
-        lr_now = learning_rate(cfg, step)
+        lr_now = learning_rate(cfg, step, minutes() / cfg.max_minutes if time_fitted else None)
         for group in opt.param_groups:
             group["lr"] = lr_now
         lr_batch, hr_batch = make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale)
@@ -267,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         step += 1
         bar.update(1)
         if time_fitted and step >= calibrate_at and step % 50 == 0:
-            # fit the cosine schedule to the time budget, re-measured as the machine's load changes
+            # the step count the time budget allows at the current speed: for the bar and the final validation
             per_step = (time.time() - window_start) / (step - window_step)
             cfg.total_steps = schedule_end = step + max(1, int((cfg.max_minutes - minutes()) * 60 / per_step))
             if step % 500 == 0 or step == calibrate_at:
