@@ -39,4 +39,8 @@ stage ribsr-s-x2 2 320 3e-4 100 &
 stage ribsr-s-x4 4 240 5e-4 100 &
 wait
 stage ribsr-s-x3 3 178 5e-4 100
+# Phase 5: short low-LR tails (on the clock-based cosine a 17-min extension restarts near 4e-5).
+stage ribsr-s-x4 4 257 3e-3 100 &
+stage ribsr-s-x3 3 195 1.5e-3 100 &
+wait
 echo "all stages done"
