@@ -29,8 +29,11 @@ def from_float(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -
     if bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
     top = 255 if bit_depth == 8 else 65535
-    clean = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    scaled = np.rint(np.clip(clean, 0.0, 1.0) * np.float32(top))
+    # one float32 copy (nan_to_num's), then clip, scale and round in place: the tiler calls this per row band
+    scaled = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    scaled *= np.float32(top)
+    np.rint(scaled, out=scaled)
     if out is None:
         return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
     out[...] = scaled

@@ -80,19 +80,19 @@ def test_readme_models_table_is_the_manifest(tmp_path: Path) -> None:
 
     from ribsr_cli.training.export import README_MARKERS, models_table, update_readme
 
-    manifest = json.loads((REPO / "weights" / "MANIFEST.json").read_text())
+    models = json.loads((REPO / "weights" / "MANIFEST.json").read_text())["models"]
     readme = (REPO / "README.md").read_text()
     start, end = README_MARKERS
-    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == models_table(manifest)
-    for m in manifest["models"]:  # every shipped file is in the table with its measured Set5 score
+    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == models_table(models)
+    for m in models:  # every shipped file is in the table with its measured Set5 score
         assert f"`{m['name']}`" in readme and f"{m['metrics']['Set5']['psnr_y']:.2f} /" in readme
 
     copy = tmp_path / "README.md"
     copy.write_text(f"intro\n{start}\nstale\n{end}\noutro\n")
-    assert update_readme(copy, manifest)
-    assert copy.read_text() == f"intro\n{start}\n{models_table(manifest)}\n{end}\noutro\n"
+    assert update_readme(copy, models)
+    assert copy.read_text() == f"intro\n{start}\n{models_table(models)}\n{end}\noutro\n"
     copy.write_text("no markers\n")
-    assert not update_readme(copy, manifest) and copy.read_text() == "no markers\n"
+    assert not update_readme(copy, models) and copy.read_text() == "no markers\n"
 
 
 def test_time_boxed_schedule_follows_the_clock_not_the_step() -> None:

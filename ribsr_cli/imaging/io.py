@@ -1,16 +1,14 @@
 """Photo input/output for `ribsr upscale`: one import point for reading, writing and the float domain.
 
 Reading lives in `io_read`, writing in `io_write`, metadata plumbing in `metadata`;
-this module re-exports them and adds the small helpers the upscaler needs between
-them: format choice, folder scanning, and conversion to the network's RGB float
-domain and back.
+this module re-exports them (and `ribsr_cli.pixels`' conversions to the network's
+RGB float domain and back) and adds the small helpers the upscaler needs between
+them: format choice and folder scanning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from ribsr_cli.imaging.io_read import ImageReadError, LoadedImage, read_image
 from ribsr_cli.imaging.io_write import ImageWriteError, normalise_format, write_image

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.checkpoint import load_model, save_model
-from ribsr_cli.engine.registry import weights_dir
+from ribsr_cli.engine.registry import manifest, weights_dir
 
 TRAINING_DATA = ("83 freely licensed photographs from Debian packages (shared/training-photos.tsv), "
                  "Lanczos-halved, benchmark leak check passed")
@@ -93,28 +93,26 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path) -
         "metrics": measure(target, model.scale, benchmarks),
         "cpu_seconds_per_input_mp": round(cpu_seconds_per_mp(target, photo), 2),
     }
-    manifest_path = out_dir / "MANIFEST.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": []}
-    models = [m for m in manifest["models"] if m["name"] != name]
+    models = [m for m in manifest() if m["name"] != name]
     if default:
         for m in models:
             if m["scale"] == entry["scale"]:
                 m["default"] = False
     models.append(entry)
-    manifest["models"] = sorted(models, key=lambda m: (m["scale"], m["name"]))
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    shipped = {"models": sorted(models, key=lambda m: (m["scale"], m["name"]))}
+    (out_dir / "MANIFEST.json").write_text(json.dumps(shipped, indent=2) + "\n")
     return entry
 
 
 README_MARKERS = ("<!-- models-table -->", "<!-- /models-table -->")
 
 
-def models_table(manifest: dict) -> str:
+def models_table(models: list[dict]) -> str:
     """README's table of shipped models, rendered from the manifest so the docs cannot drift from the measurements."""
     rows = ["| model | scale | params | Set5 PSNR-Y / SSIM-Y (bicubic) | Set14 PSNR-Y / SSIM-Y (bicubic) "
             "| CPU s / input MP | training |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for m in manifest["models"]:
+    for m in models:
         cells = []
         for ds in ("Set5", "Set14"):
             r = m["metrics"].get(ds)
@@ -126,7 +124,7 @@ def models_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def update_readme(readme: Path, manifest: dict) -> bool:
+def update_readme(readme: Path, models: list[dict]) -> bool:
     """Replace the text between README's models-table markers; False when the markers are missing."""
     text = readme.read_text()
     start, end = README_MARKERS
@@ -134,7 +132,7 @@ def update_readme(readme: Path, manifest: dict) -> bool:
         return False
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{models_table(manifest)}\n{end}{tail}")
+    readme.write_text(f"{head}{start}\n{models_table(models)}\n{end}{tail}")
     return True
 
 
@@ -149,13 +147,12 @@ def main() -> None:
     args = ap.parse_args()
     readme = weights_dir().parent / "README.md"
     if args.readme:
-        manifest = json.loads((weights_dir() / "MANIFEST.json").read_text())
-        raise SystemExit(0 if update_readme(readme, manifest) else f"{readme}: models-table markers not found")
+        raise SystemExit(0 if update_readme(readme, manifest()) else f"{readme}: models-table markers not found")
     if args.run is None or not args.name:
         ap.error("give a run folder and --name (or --readme)")
     entry = export(args.run, args.name, args.default, args.benchmarks, args.photo)
     print(json.dumps({k: entry[k] for k in ("name", "scale", "params", "sha256", "metrics", "cpu_seconds_per_input_mp")}, indent=2))
-    update_readme(readme, json.loads((weights_dir() / "MANIFEST.json").read_text()))
+    update_readme(readme, manifest())
 
 
 if __name__ == "__main__":
