@@ -539,6 +539,27 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, model_path: Path, arg
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--device", "nonsense"], "nonsense"),
+    (["--device", "cuda:0"], "CUDA is not available"),
+    (["--precision", "fp8"], "unknown precision"),
+    (["--attention", "magic"], "unknown attention kernel"),
+])
+@pytest.mark.parametrize("mode", ["finished batch", "dry run"])
+def test_bad_run_options_are_reported_when_no_file_needs_the_model(
+        tmp_path: Path, model_path: Path, args: list[str], message: str, mode: str) -> None:
+    if "cuda" in args[-1] and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA is available here")
+    coffee().save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x2.png").write_bytes(b"earlier output")
+    extra = ["--dry-run"] if mode == "dry run" else []
+    result = upscale(model_path, tmp_path / "a.png", "-o", out, *args, *extra)
+    assert result.exit_code == 2 and message in one_line(result.output), result.output
+    assert (out / "a_x2.png").read_bytes() == b"earlier output"
+
+
 def test_missing_model_no_match_glob_and_empty_folder_are_usage_errors(tmp_path: Path) -> None:
     coffee().save(tmp_path / "a.png")
     (tmp_path / "empty").mkdir()

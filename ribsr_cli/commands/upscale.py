@@ -63,6 +63,7 @@ def command(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     tile_value = _tile_option(tile)
+    _check_run_options(err, device, precision, attention)
     model_label = _model_label(model, scale)
     try:
         jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale, model=model_label,
@@ -120,6 +121,16 @@ def _write_json(path: Path, model_name: str, scale: int, jobs, err) -> bool:
         err.print(f"[red]error:[/] {path}: cannot write the JSON report ({exc.strerror or exc})", highlight=False)
         return False
     return True
+
+
+def _check_run_options(err, device: str, precision: str, attention: str) -> None:
+    from ribsr_cli.engine.inference import check_run_options
+
+    try:
+        check_run_options(device, precision, attention)
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
+        err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
+        raise typer.Exit(2)
 
 
 def _load_engine(err, model, arch, scale, device, precision, attention, tile, overlap, batch_tiles, tta):

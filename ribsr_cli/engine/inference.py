@@ -42,6 +42,18 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def check_run_options(device: str, precision: str, attention: str) -> torch.device:
+    """Validate --device/--precision/--attention without a model, so a typo is reported even when no file
+    needs the model (a finished batch re-run, a dry run)."""
+    from ribsr_cli.engine import kernels
+
+    dev = pick_device(device)
+    pick_dtype(precision, dev)
+    if attention not in kernels.KERNELS:
+        raise ValueError(f"unknown attention kernel {attention!r}; choose one of {', '.join(kernels.KERNELS)}")
+    return dev
+
+
 def prepare(model: torch.nn.Module, device: torch.device, precision: str = "auto", attention: str = "auto",
             strategy: str = "auto") -> contextlib.AbstractContextManager:
     """Move the model, set its attention kernel and dtype; returns the autocast context to run it under."""
