@@ -318,6 +318,15 @@ def test_tiff_with_a_codec_tifffile_lacks_is_a_clean_error(tmp_path: Path, photo
         assert "imagecodecs" in str(info.value)
 
 
+def test_lzw_16bit_tiff_reads_exactly_with_the_tiff_extra(tmp_path: Path, photo16: np.ndarray) -> None:
+    """With the optional `tiff` extra (imagecodecs) a real LZW 16-bit colour TIFF keeps every sample."""
+    pytest.importorskip("imagecodecs")
+    tifffile.imwrite(tmp_path / "l.tif", photo16, photometric="rgb", compression="lzw")
+    loaded = read_image(tmp_path / "l.tif")
+    assert loaded.bit_depth == 16
+    np.testing.assert_array_equal(loaded.pixels, photo16)
+
+
 def test_float_tiff_is_unsupported(tmp_path: Path, photo: np.ndarray) -> None:
     tifffile.imwrite(tmp_path / "f.tif", photo.astype(np.float32) / 255, photometric="rgb")
     with pytest.raises(ImageReadError, match="floating-point|not supported|unsupported"):
