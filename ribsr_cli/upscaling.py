@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ribsr_cli.engine.attention import attention_report
 from ribsr_cli.imaging.io import (
     ImageReadError,
     ImageWriteError,
@@ -46,13 +47,14 @@ class Job:
     out_size: tuple[int, int] | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)  # attention kernels that actually ran on this file
 
     def as_dict(self) -> dict:
         return {"input": str(self.source), "output": str(self.output) if self.output else None,
                 "status": self.status, "error": self.reason or None,
                 "input_size": list(self.in_size) if self.in_size else None,
                 "output_size": list(self.out_size) if self.out_size else None,
-                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+                "seconds": round(self.seconds, 3), "warnings": self.warnings, "kernels": self.kernels}
 
 
 def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
@@ -153,7 +155,7 @@ def plan_jobs(
             job.status, job.reason = "failed", "no such file" if not src.exists() else "not a regular file"
             continue
         if not is_image_path(src):
-            job.status, job.reason = "failed", "not a supported image type (jpg, png, tif, webp, bmp)"
+            job.status, job.reason = "failed", "not a supported image type (jpg, png, tif, webp, bmp, gif)"
             continue
         _, ext = output_format_for(src.suffix.lstrip(".").upper().replace("JPG", "JPEG"), fmt)
         target = output_path(out_dir, rel, template, scale, model, ext)
@@ -299,6 +301,7 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         except OSError as exc:
             raise ImageWriteError(job.output, f"cannot create folder {folder} ({exc.strerror or exc})") from None
         sr, _ = engine.run(rgb, out_dtype, on_tile)
+        job.kernels = attention_report(engine.model)["kernels"]
         sr = grey_like(sr, img.pixels)  # grey in, grey out
         alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
         out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies

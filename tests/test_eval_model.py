@@ -52,6 +52,8 @@ def test_eval_runs_a_checkpoint(benchmarks_dir: Path, tmp_path: Path, checkpoint
     baby = next(p for p in model["per_image"] if p["name"] == "baby")
     assert baby["psnr_y"] == pytest.approx(psnr(sr, hr, crop_border=2), abs=1e-3)
     assert doc["protocol"]["tiled_fallbacks"].startswith("none")
+    kernels = doc["protocol"]["attention_kernels"]  # what ran, as the attention layers recorded it
+    assert kernels and all(k == "math" or k.startswith("sdpa:") for k in kernels)
 
 
 def test_eval_rejects_wrong_scale_checkpoint(benchmarks_dir: Path, checkpoint: Path) -> None:

@@ -775,7 +775,7 @@ def test_output_format_for_rejects_unknown() -> None:
 
 
 @pytest.mark.parametrize("name,ok", [("a.JPG", True), ("b.jpeg", True), ("c.Png", True), ("d.TIF", True),
-                                     ("e.tiff", True), ("f.webp", True), ("g.BMP", True), ("h.gif", False),
+                                     ("e.tiff", True), ("f.webp", True), ("g.BMP", True), ("h.gif", True),
                                      ("i.txt", False), ("jpg", False), ("k.png.bak", False)])
 def test_is_image_path(name: str, ok: bool) -> None:
     assert is_image_path(Path("folder") / name) is ok

@@ -583,17 +583,32 @@ def test_json_report_schema(tmp_path: Path, model_path: Path) -> None:
     assert result.exit_code == 1
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model"] == model_path.stem and report["scale"] == 2
-    keys = {"input", "output", "status", "error", "input_size", "output_size", "seconds", "warnings"}
+    keys = {"input", "output", "status", "error", "input_size", "output_size", "seconds", "warnings", "kernels"}
     files = {Path(f["input"]).name: f for f in report["files"]}
     assert all(set(f) == keys for f in files.values())
     done, skipped, failed = files["new.png"], files["old.png"], files["broken.png"]
     assert done["status"] == "done" and done["error"] is None
     assert done["input_size"] == [48, 40] and done["output_size"] == [96, 80] and done["seconds"] > 0
-    assert skipped["status"] == "skipped" and skipped["output_size"] is None
+    assert skipped["status"] == "skipped" and skipped["output_size"] is None and skipped["kernels"] == []
     assert failed["status"] == "failed" and isinstance(failed["error"], str) and failed["output_size"] is None
     (tmp_path / "blocker").write_text("a file, so no folder can be under it")
     unwritable = upscale(model_path, src / "new.png", "-o", tmp_path / "out", "--json", tmp_path / "blocker" / "r.json")
     assert unwritable.exit_code == 1 and "cannot write the JSON report" in one_line(unwritable.output)
+
+
+@pytest.mark.parametrize("kernel", ["math", "sdpa"])
+def test_the_kernel_that_ran_is_reported(tmp_path: Path, model_path: Path, kernel: str) -> None:
+    coffee().save(tmp_path / "a.png")
+    result = upscale(model_path, tmp_path / "a.png", "-o", tmp_path / "out", "--attention", kernel, "-v",
+                     "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    ran = json.loads((tmp_path / "r.json").read_text())["files"][0]["kernels"]
+    if kernel == "math":
+        assert ran == ["math"]
+    else:  # PyTorch picks the SDPA backend; ribsr names the one it picked
+        assert ran and all(k.startswith("sdpa:") for k in ran)
+    assert f"kernel {', '.join(ran)}" in result.output  # the per-file line
+    assert f"attention kernel that ran: {', '.join(ran)}" in result.output  # the summary
 
 
 def test_quiet_and_verbose(tmp_path: Path, model_path: Path) -> None:
@@ -613,6 +628,18 @@ def test_format_option_converts(tmp_path: Path, model_path: Path, fmt: str, ext:
     assert result.exit_code == 0
     with Image.open(tmp_path / "out" / f"a_x2{ext}") as im:
         assert im.format == pil_format and im.size == (96, 80)
+
+
+def test_animated_gif_in_a_folder_becomes_a_png_of_its_first_frame(tmp_path: Path, model_path: Path) -> None:
+    first, second = coffee().quantize(64), crop("chelsea.png", (100, 80, 148, 120)).quantize(64)
+    (tmp_path / "src").mkdir()
+    first.save(tmp_path / "src" / "anim.gif", save_all=True, append_images=[second], duration=100)
+    first.convert("RGB").save(tmp_path / "frame0.png")  # the reference: the same frame as a plain PNG
+    result = upscale(model_path, tmp_path / "src", "-o", tmp_path / "out", "--tile", "0")
+    reference = upscale(model_path, tmp_path / "frame0.png", "-o", tmp_path / "ref", "--tile", "0")
+    assert result.exit_code == 0 and reference.exit_code == 0, result.output
+    assert "first" in one_line(result.output)  # the multi-frame warning names what was kept
+    np.testing.assert_array_equal(pixels(tmp_path / "out" / "anim_x2.png"), pixels(tmp_path / "ref" / "frame0_x2.png"))
 
 
 def test_output_format_follows_the_name_even_when_content_lies(tmp_path: Path, model_path: Path) -> None:

@@ -88,6 +88,7 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
         "tile": args["tile"],
         "tiled_fallbacks": args["tiled_fallbacks"] or "none: every image was upscaled whole",
         "device": args["device"],
+        "attention_kernels": args["attention_kernels"],
         "seconds": "time inside each method's upscaling calls, summed over images (I/O and scoring excluded)",
         "published_bicubic_tolerance_db": PUBLISHED_TOLERANCE_DB,
         "non_finite": "PSNR of identical images is infinite and written as null",
@@ -212,6 +213,7 @@ def command(
 
     results, warnings, lr_files, method_names = [], [], {}, []
     tiled_fallbacks: list[str] = []
+    kernels_ran: list[str] = []
     for s in scales:
         methods = {}
         if use_model:  # loaded before the progress bar starts, one scale's model at a time
@@ -244,6 +246,7 @@ def command(
             fallbacks = getattr(fn, "fallbacks", [])
             warnings += [f"x{s}: {note}" for note in fallbacks]
             tiled_fallbacks += [f"x{s}: {note}" for note in fallbacks]
+            kernels_ran += [k for k in getattr(fn, "kernels", []) if k not in kernels_ran]
         lr_files.update(report.lr_files_used)
         method_names += [m for m in dict.fromkeys(r.method for r in report.results) if m not in method_names]
 
@@ -252,11 +255,13 @@ def command(
     for w in warnings:
         typer.echo(f"Warning: {w}", err=True)
     _print_tables(results, rgb, per_image, tiled_fallbacks)
+    if kernels_ran and not quiet:
+        typer.echo(f"attention kernel that ran: {', '.join(kernels_ran)}", err=True)
 
     args = {"datasets": {ds.name: str(ds.root.resolve()) for ds in found}, "scales": scales, "degrade": degrade,
             "rgb": rgb, "crop_border": crop_border, "tta": tta if use_model else None,
             "tile": tile if use_model else None, "device": device if use_model else None,
-            "tiled_fallbacks": tiled_fallbacks}
+            "tiled_fallbacks": tiled_fallbacks, "attention_kernels": kernels_ran if use_model else None}
     if json_path is not None:
         doc = {"ribsr_version": __version__, "protocol": protocol(args, lr_files, method_names),
                "results": [r.as_dict() for r in results]}

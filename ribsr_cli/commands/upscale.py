@@ -179,7 +179,9 @@ def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbo
                     progress.console.print(f"[red]failed[/] {job.source}: {job.reason}", highlight=False)
                 elif verbose:
                     extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
-                    progress.console.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s{extra}", highlight=False)
+                    kernel = f", kernel {', '.join(job.kernels)}" if job.kernels else ""
+                    progress.console.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s{kernel}{extra}",
+                                           highlight=False)
                 elif job.warnings and not quiet:
                     progress.console.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}", highlight=False)
         except KeyboardInterrupt:
@@ -206,6 +208,9 @@ def _summary(jobs, console, err, quiet: bool, interrupted: bool) -> None:
         console.print(table)
         for job in failed:
             console.print(f"  [red]failed[/] {job.source}: {job.reason}", highlight=False)
+        kernels = list(dict.fromkeys(k for j in done for k in j.kernels))
+        if kernels:
+            console.print(f"attention kernel that ran: {', '.join(kernels)}", highlight=False)
     else:
         console.print(f"{len(done)} done, {len(skipped)} skipped, {len(failed)} failed", highlight=False)
     if interrupted:

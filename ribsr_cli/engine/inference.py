@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ribsr_cli.engine.attention import configure_attention
+from ribsr_cli.engine.attention import attention_report, configure_attention
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
 from ribsr_cli.pixels import grey_like, to_rgb
 
@@ -97,7 +97,12 @@ def make_upscaler(
                 run.fallbacks.append(f"{rgb.shape[1]}x{rgb.shape[0]} image tiled at {size} px (out of memory whole)")
 
     def run(lr: np.ndarray, s: int) -> np.ndarray:
-        return grey_like(upscale_whole_or_tiled(to_rgb(lr), s), lr)
+        sr = grey_like(upscale_whole_or_tiled(to_rgb(lr), s), lr)
+        for k in attention_report(model)["kernels"]:
+            if k not in run.kernels:
+                run.kernels.append(k)
+        return sr
 
     run.fallbacks = []  # type: ignore[attr-defined]
+    run.kernels = []  # type: ignore[attr-defined]  # attention kernels that actually ran, in first-seen order
     return name, run
