@@ -9,6 +9,7 @@ each file fails alone with a one-line reason.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from ribsr_cli.imaging.io import (
     write_image,
 )
 from ribsr_cli.imaging.io_write import normalise_format
+from ribsr_cli.imaging.lanczos import final_size, resize_to
 from ribsr_cli.pixels import grey_like, to_rgb
 
 GLOB_CHARS = set("*?[")
@@ -124,7 +126,35 @@ def _unique(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     return unique
 
 
-def output_path(out_dir: Path, rel: Path, template: str, scale: int, model: str, ext: str) -> Path:
+MODEL_SCALES = (2, 3, 4)
+
+
+def resolve_scales(scale: int | None, outscale: float | None) -> tuple[int, float | None]:
+    """(model scale, final factor or None) from --scale/--outscale, as Real-ESRGAN's --outscale works.
+
+    The model runs at `scale`; a final Lanczos resize gives `outscale` times the input. Without -s, the
+    smallest model scale that reaches the outscale is used, so nothing is upscaled by plain resampling.
+    """
+    if outscale is None:
+        return scale or MODEL_SCALES[0], None
+    if not math.isfinite(outscale) or outscale < 1:
+        raise UsageError(f"{outscale:g}: must be at least 1")
+    if scale is None:
+        scale = next((s for s in MODEL_SCALES if s >= outscale - 1e-9), None)
+        if scale is None:
+            raise UsageError(f"{outscale:g} is beyond the largest model scale x{MODEL_SCALES[-1]}")
+    if outscale > scale + 1e-9:
+        raise UsageError(f"{outscale:g} is above --scale {scale}: only the model enlarges, the final resize "
+                         "only shrinks; use a larger -s, or leave -s out to pick one")
+    return scale, (None if abs(outscale - scale) < 1e-9 else outscale)
+
+
+def scale_label(scale: int, outscale: float | None) -> str:
+    """What {scale} in --name stands for: the final factor (2, 1.5, 3.5)."""
+    return f"{scale if outscale is None else outscale:g}"
+
+
+def output_path(out_dir: Path, rel: Path, template: str, scale: int | str, model: str, ext: str) -> Path:
     """Where one output goes; raises UsageError when the template escapes the output folder."""
     try:
         name = template.format(stem=rel.stem, scale=scale, model=model, ext=ext.lstrip("."))
@@ -140,7 +170,7 @@ def output_path(out_dir: Path, rel: Path, template: str, scale: int, model: str,
 
 
 def plan_jobs(
-    inputs: list[str], out_dir: Path, *, recursive: bool, template: str, scale: int, model: str,
+    inputs: list[str], out_dir: Path, *, recursive: bool, template: str, scale: int | str, model: str,
     fmt: str, overwrite: bool,
 ) -> list[Job]:
     """Pair every input with its output, marking clashes, inputs-as-outputs and existing outputs."""
@@ -227,6 +257,7 @@ class Engine:
     batch_tiles: int = 1
     tta: bool = False
     autocast: object = None
+    outscale: float | None = None  # final factor after a Lanczos resize of the model's output; None: `scale`
 
     def tile_for(self, h: int, w: int) -> int:
         if isinstance(self.tile, int):
@@ -304,8 +335,12 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         job.kernels = attention_report(engine.model)["kernels"]
         sr = grey_like(sr, img.pixels)  # grey in, grey out
         alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
+        if engine.outscale is not None:
+            size = final_size(w, h, engine.outscale)
+            sr = resize_to(sr, *size)
+            alpha = resize_to(alpha, *size) if alpha is not None else None
         out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies
-        dpi = tuple(d * engine.scale for d in img.dpi) if img.dpi else None
+        dpi = tuple(d * (engine.outscale or engine.scale) for d in img.dpi) if img.dpi else None
         warnings = write_image(job.output, sr, alpha, fmt=out_fmt, bit_depth=img.bit_depth, quality=quality,
                                exif=img.exif, xmp=img.xmp, icc_profile=img.icc_profile, dpi=dpi)
         job.warnings += list(warnings or [])

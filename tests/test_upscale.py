@@ -642,6 +642,53 @@ def test_animated_gif_in_a_folder_becomes_a_png_of_its_first_frame(tmp_path: Pat
     np.testing.assert_array_equal(pixels(tmp_path / "out" / "anim_x2.png"), pixels(tmp_path / "ref" / "frame0_x2.png"))
 
 
+def test_outscale_is_the_model_output_shrunk_by_lanczos(tmp_path: Path, model_path: Path) -> None:
+    """--outscale 1.5 with an x2 model: the x2 result, Lanczos-resized to 1.5x the input (Pillow as the reference)."""
+    src = crop("chelsea.png", (60, 40, 160, 110))  # 100x70 -> 150x105
+    src.save(tmp_path / "cat.png", dpi=(300, 300))
+    plain = upscale(model_path, tmp_path / "cat.png", "-o", tmp_path / "x2", "--tile", "0")
+    result = upscale(model_path, tmp_path / "cat.png", "-o", tmp_path / "out", "--tile", "0", "--outscale", "1.5",
+                     "--json", tmp_path / "r.json")
+    assert plain.exit_code == 0 and result.exit_code == 0, result.output
+    with Image.open(tmp_path / "x2" / "cat_x2.png") as im:
+        expected = np.stack([np.asarray(im.getchannel(c).convert("F").resize((150, 105), Image.Resampling.LANCZOS))
+                             for c in range(3)], axis=-1)
+    out_file = tmp_path / "out" / "cat_x1.5.png"  # {scale} is the final factor
+    got = pixels(out_file)
+    assert got.shape == (105, 150, 3)
+    assert np.abs(got - np.clip(np.rint(expected), 0, 255)).max() == 0
+    with Image.open(out_file) as im:
+        assert im.info["dpi"] == pytest.approx((450, 450), abs=0.1)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["scale"] == 2 and report["outscale"] == 1.5 and report["files"][0]["output_size"] == [150, 105]
+
+
+def test_outscale_keeps_16_bits_and_alpha_and_picks_the_model_scale(tmp_path: Path, model_path: Path) -> None:
+    rgb = np.asarray(coffee(), dtype=np.uint16) * 257
+    alpha = np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (40, 1))
+    tifffile.imwrite(tmp_path / "deep.tif", np.dstack([rgb, alpha]), photometric="rgb", extrasamples=["unassalpha"])
+    # no -s: 1.25 needs only the x2 model (the test model is x2, so a wrong pick would be a usage error)
+    result = upscale(model_path, tmp_path / "deep.tif", "-o", tmp_path / "out", "--outscale", "1.25")
+    assert result.exit_code == 0, result.output
+    out = read_image(tmp_path / "out" / "deep_x1.25.tif")
+    assert out.bit_depth == 16 and out.pixels.shape == (50, 60, 3) and out.alpha.shape == (50, 60)
+    assert out.alpha.dtype == np.uint16 and abs(int(out.alpha[:, -1].mean()) - 65535) < 700  # the ramp survives
+    assert len(np.unique(out.pixels)) > 256  # not squeezed through 8 bits
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--outscale", "0.5"], "must be at least 1"),
+    (["--outscale", "5"], "beyond the largest model scale x4"),
+    (["--outscale", "3.5", "-s", "3"], "above --scale 3"),
+    (["--outscale", "2.5"], "upscales x2, but x3 was asked"),  # no -s: x3 is picked, the x2 checkpoint refuses
+])
+def test_outscale_usage_errors(tmp_path: Path, model_path: Path, args: list[str], message: str) -> None:
+    coffee().save(tmp_path / "a.png")
+    result = upscale(model_path, tmp_path / "a.png", "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in one_line(result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_format_follows_the_name_even_when_content_lies(tmp_path: Path, model_path: Path) -> None:
     """A JPEG saved as .png gives a .png that really is PNG, not JPEG bytes behind a PNG name."""
     coffee().save(tmp_path / "liar.png", format="JPEG")

@@ -31,11 +31,13 @@ def _tile_option(value: str) -> int | str:
 def command(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders or glob patterns."),
     output: Path = typer.Option(Path("upscaled"), "--output", "-o", help="Output folder (created if needed)."),
-    scale: int = typer.Option(2, "--scale", "-s", min=2, max=4, help="Upscaling factor: 2, 3 or 4."),
+    scale: Optional[int] = typer.Option(None, "--scale", "-s", min=2, max=4, show_default="2",
+                                        help="Model scale: 2, 3 or 4 (default 2, or the smallest that reaches --outscale)."),
+    outscale: Optional[float] = typer.Option(None, "--outscale", help="Final size as a factor of the input (e.g. 1.5, 3.5): the model runs at --scale, then a Lanczos resize shrinks its output to this."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Shipped model name or checkpoint path (default: shipped model for the scale)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a checkpoint that does not name its own (preset or JSON/YAML)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders and mirror the tree under the output folder."),
-    name: str = typer.Option("{stem}_x{scale}", "--name", help="Output name template: {stem}, {scale}, {model}."),
+    name: str = typer.Option("{stem}_x{scale}", "--name", help="Output name template: {stem}, {scale} (the final factor), {model}."),
     fmt: str = typer.Option("keep", "--format", "-f", help="Output format: keep, png, jpg, webp, tiff."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="Quality for JPEG (4:4:4) and WebP."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so re-running resumes)."),
@@ -55,7 +57,7 @@ def command(
     """Upscale image files and folders. Exit code: 0 all done or skipped, 1 some file failed, 2 usage error."""
     from rich.console import Console
 
-    from ribsr_cli.upscaling import UsageError, plan_jobs
+    from ribsr_cli.upscaling import UsageError, plan_jobs, resolve_scales, scale_label
 
     # soft_wrap: a "failed FILE: reason" line stays one line in logs and pipes, whatever the width
     console = Console(stderr=False, quiet=False, soft_wrap=True)
@@ -63,10 +65,14 @@ def command(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     tile_value = _tile_option(tile)
+    try:
+        scale, outscale = resolve_scales(scale, outscale)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--outscale")
     _check_run_options(err, device, precision, attention)
     model_label = _model_label(model, scale)
     try:
-        jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale, model=model_label,
+        jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale), model=model_label,
                          fmt=fmt, overwrite=overwrite)
     except UsageError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
@@ -84,17 +90,19 @@ def command(
     engine = None
     if any(j.status == "pending" for j in jobs):  # a finished batch re-run needs no model
         engine = _load_engine(err, model, arch, scale, device, precision, attention, tile_value, tile_overlap,
-                              batch_tiles, tta)
+                              batch_tiles, tta, outscale)
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             err.print(f"[red]error:[/] {output}: cannot create output folder ({exc.strerror})", highlight=False)
             raise typer.Exit(2)
         if verbose:
-            err.print(f"model {engine.name} x{scale} on {engine.device}", highlight=False)
+            final = f", then Lanczos to x{outscale:g}" if outscale else ""
+            err.print(f"model {engine.name} x{scale} on {engine.device}{final}", highlight=False)
     interrupted = _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose)
     _summary(jobs, console, err, quiet, interrupted)
-    json_failed = bool(json_out) and not _write_json(json_out, engine.name if engine else model_label, scale, jobs, err)
+    json_failed = bool(json_out) and not _write_json(json_out, engine.name if engine else model_label, scale, outscale,
+                                                     jobs, err)
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(1 if json_failed or any(j.status == "failed" for j in jobs) else 0)
@@ -112,9 +120,10 @@ def _model_label(model: str | None, scale: int) -> str:
     return entry["name"] if entry else "default"
 
 
-def _write_json(path: Path, model_name: str, scale: int, jobs, err) -> bool:
+def _write_json(path: Path, model_name: str, scale: int, outscale: float | None, jobs, err) -> bool:
     """The --json report; a failure to write it is one error line (exit 1), not a traceback after the work is done."""
-    data = json.dumps({"model": model_name, "scale": scale, "files": [j.as_dict() for j in jobs]}, indent=2)
+    data = json.dumps({"model": model_name, "scale": scale, "outscale": outscale or scale,
+                       "files": [j.as_dict() for j in jobs]}, indent=2)
     try:
         path.write_text(data + "\n")
     except OSError as exc:
@@ -133,7 +142,7 @@ def _check_run_options(err, device: str, precision: str, attention: str) -> None
         raise typer.Exit(2)
 
 
-def _load_engine(err, model, arch, scale, device, precision, attention, tile, overlap, batch_tiles, tta):
+def _load_engine(err, model, arch, scale, device, precision, attention, tile, overlap, batch_tiles, tta, outscale):
     from ribsr_cli.engine.checkpoint import CheckpointError
     from ribsr_cli.engine.inference import pick_device, prepare
     from ribsr_cli.engine.registry import resolve
@@ -146,7 +155,7 @@ def _load_engine(err, model, arch, scale, device, precision, attention, tile, ov
     except (CheckpointError, ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
         err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
         raise typer.Exit(2)
-    return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast)
+    return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast, outscale)
 
 
 def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose) -> bool:
