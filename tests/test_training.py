@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from conftest import BENCHMARKS, REPO
+from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
 from ribsr_cli.training.photos import prepare
 from ribsr_cli.training.trainer import TrainConfig, init_body_from, learning_rate, train
@@ -114,3 +118,35 @@ def test_time_boxed_run_needs_a_budget_to_resume(tmp_path: Path, pool: Path) -> 
     assert state["time_fitted"] and state["step"] > 0
     with pytest.raises(ValueError, match="resumed time-boxed run needs --max-minutes"):
         train(_cfg(tmp_path, pool, 0), resume=True, log=_quiet)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: Path, monkeypatch, signum) -> None:
+    """`ribsr train` stopped by Ctrl-C or `kill` saves the finished step, exits 130, and resumes exactly."""
+    import ribsr_cli.training.trainer as trainer
+
+    real = trainer.make_batch
+    calls = {"n": 0}
+
+    def batch_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # arrives while step 3 is being computed
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    straight = train(_cfg(tmp_path / "a", pool, 6), resume=False, log=_quiet)
+    monkeypatch.setattr(trainer, "make_batch", batch_then_signal)
+    argv = ["train", "--out", str(tmp_path / "b"), "--data", str(pool), "--val", "", "--steps", "6",
+            "--warmup", "2", "--patch", "24", "--batch", "2", "--ckpt-minutes", "100", "--val-every", "1000"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "Traceback" not in result.output
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
+    monkeypatch.setattr(trainer, "make_batch", real)
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

@@ -27,7 +27,7 @@ def command(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's matching tensors (e.g. a x2 body)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from the run folder's last.pt if present."),
 ) -> None:
-    from ribsr_cli.training.trainer import TrainConfig, train
+    from ribsr_cli.training.trainer import TrainConfig, TrainingInterrupted, train
 
     cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir), val_dir=str(val_dir),
                       patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
@@ -38,3 +38,6 @@ def command(
     except (ValueError, FileNotFoundError) as exc:  # bad flags or a missing data/run folder: one line, not a traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except TrainingInterrupted as exc:  # the checkpoint is already on disk
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,6 +164,33 @@ def init_body_from(model: nn.Module, path: str) -> list[str]:
 
 # ---- the loop -------------------------------------------------------------------
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run after the step in progress; the checkpoint is saved."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag the loop reads between steps, so a stop never lands mid-step and always
+    ends in a checkpoint (`kill` of a nohup'ed run included). A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C is a plain KeyboardInterrupt
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
           stop_at: int | None = None) -> Path:
     """Run (or continue) training until total_steps or max_minutes (or step `stop_at`, as an interruption would)."""
@@ -261,46 +290,51 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     bar = tqdm(total=cfg.total_steps or None, initial=step, unit="step", dynamic_ncols=True,
                disable=rank != 0 or not sys.stderr.isatty())
     model.train()
-    while step < min(schedule_end, stop_at or schedule_end) and not (cfg.max_minutes and minutes() >= cfg.max_minutes):
-        lr_now = learning_rate(cfg, step, minutes() / cfg.max_minutes if time_fitted else None)
-        for group in opt.param_groups:
-            group["lr"] = lr_now
-        lr_batch, hr_batch = make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale)
-        with autocast:
-            loss = F.l1_loss(net(lr_batch.to(device)), hr_batch.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, model, cfg.ema_decay if step > cfg.warmup_steps else 0.0)
-        step += 1
-        bar.update(1)
-        if time_fitted and step >= calibrate_at and step % 50 == 0:
-            # the step count the time budget allows at the current speed: for the bar and the final validation
-            per_step = (time.time() - window_start) / (step - window_step)
-            cfg.total_steps = schedule_end = step + max(1, int((cfg.max_minutes - minutes()) * 60 / per_step))
-            if step % 500 == 0 or step == calibrate_at:
-                log(f"{per_step:.2f} s/step: schedule set to {cfg.total_steps} steps")
-            window_start, window_step = time.time(), step
-        running = 0.98 * running + 0.02 * loss.item() if running else loss.item()
-        val = ""
-        if rank == 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
-            val = f"{validate(ema, val_pairs, cfg.scale):.3f}"
-            bar.total = cfg.total_steps
-            bar.set_postfix(loss=f"{running:.4f}", val_psnr=val)
-            (bar.write if not bar.disable else log)(
-                f"step {step} loss {running:.4f} lr {lr_now:.2e} val PSNR-Y {val} dB ({minutes():.1f} min)")
-        if rank == 0 and (step % 50 == 0 or val):
-            writer.writerow([step, f"{running:.5f}", f"{lr_now:.3e}", val, f"{minutes():.2f}"])
-            log_file.flush()
-        if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
+    with _StopRequest() as stop:  # Ctrl-C / kill: finish the step, checkpoint below, then say so
+        while (step < min(schedule_end, stop_at or schedule_end) and not (cfg.max_minutes and minutes() >= cfg.max_minutes)
+               and stop.signal is None):
+            lr_now = learning_rate(cfg, step, minutes() / cfg.max_minutes if time_fitted else None)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+            lr_batch, hr_batch = make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale)
+            with autocast:
+                loss = F.l1_loss(net(lr_batch.to(device)), hr_batch.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, cfg.ema_decay if step > cfg.warmup_steps else 0.0)
+            step += 1
+            bar.update(1)
+            if time_fitted and step >= calibrate_at and step % 50 == 0:
+                # the step count the time budget allows at the current speed: for the bar and the final validation
+                per_step = (time.time() - window_start) / (step - window_step)
+                cfg.total_steps = schedule_end = step + max(1, int((cfg.max_minutes - minutes()) * 60 / per_step))
+                if step % 500 == 0 or step == calibrate_at:
+                    log(f"{per_step:.2f} s/step: schedule set to {cfg.total_steps} steps")
+                window_start, window_step = time.time(), step
+            running = 0.98 * running + 0.02 * loss.item() if running else loss.item()
+            val = ""
+            if rank == 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
+                val = f"{validate(ema, val_pairs, cfg.scale):.3f}"
+                bar.total = cfg.total_steps
+                bar.set_postfix(loss=f"{running:.4f}", val_psnr=val)
+                (bar.write if not bar.disable else log)(
+                    f"step {step} loss {running:.4f} lr {lr_now:.2e} val PSNR-Y {val} dB ({minutes():.1f} min)")
+            if rank == 0 and (step % 50 == 0 or val):
+                writer.writerow([step, f"{running:.5f}", f"{lr_now:.3e}", val, f"{minutes():.2f}"])
+                log_file.flush()
+            if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
+                checkpoint()
+                last_ckpt = time.time()
     checkpoint()
     bar.close()
     log_file.close()
     log(f"stopped at step {step} after {minutes():.1f} min; checkpoint {ckpt_path}")
     if ddp:
         torch.distributed.destroy_process_group()
+    if stop.signal is not None:
+        raise TrainingInterrupted(f"interrupted ({signal.Signals(stop.signal).name}) at step {step}; "
+                                  f"resume with the same command")
     return out
