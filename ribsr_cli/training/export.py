@@ -65,14 +65,14 @@ def cpu_seconds_per_mp(model_path: Path, photo: Path, threads: int = 2) -> float
     return float(np.median(times)) / (img.shape[0] * img.shape[1] / 1e6)
 
 
-def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path) -> dict:
+def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, hardware: str | None = None) -> dict:
     src = run / "ema.safetensors"
     model = load_model(src)
     prov = model.provenance  # type: ignore[attr-defined]
     out_dir = weights_dir()
     out_dir.mkdir(exist_ok=True)
     target = out_dir / f"{name}.safetensors"
-    provenance = dict(prov, name=name, training_data=TRAINING_DATA, hardware=f"{platform.processor() or platform.machine()} CPU, 1 thread",
+    provenance = dict(prov, name=name, training_data=TRAINING_DATA, hardware=hardware or f"{platform.processor() or platform.machine()} CPU, 1 thread",
                       exported=time.strftime("%Y-%m-%d"))
     save_model(model, target, provenance)
     size_mb = target.stat().st_size / 2**20
@@ -144,13 +144,14 @@ def main() -> None:
     ap.add_argument("--default", action="store_true", help="make it the default model for its scale")
     ap.add_argument("--benchmarks", type=Path, default=Path("../shared/benchmarks"))
     ap.add_argument("--photo", type=Path, default=Path("examples/astronaut.png"), help="photo for the CPU timing")
+    ap.add_argument("--hardware", help="what the run trained on, when not one CPU thread throughout")
     args = ap.parse_args()
     readme = weights_dir().parent / "README.md"
     if args.readme:
         raise SystemExit(0 if update_readme(readme, manifest()) else f"{readme}: models-table markers not found")
     if args.run is None or not args.name:
         ap.error("give a run folder and --name (or --readme)")
-    entry = export(args.run, args.name, args.default, args.benchmarks, args.photo)
+    entry = export(args.run, args.name, args.default, args.benchmarks, args.photo, args.hardware)
     print(json.dumps({k: entry[k] for k in ("name", "scale", "params", "sha256", "metrics", "cpu_seconds_per_input_mp")}, indent=2))
     update_readme(readme, manifest())
 
