@@ -45,8 +45,9 @@ stage ribsr-s-x3 3 195 1.5e-3 100 &
 wait
 # Phase 6: one more cosine each, restarted near 1.4e-4 (x4) and 1.8e-4 (x3) and decayed to 1e-5 at the new
 # total. As run, the planned total was changed mid-stage (x4: 345, then 406, then 334 min; x3: 330, then
-# 344) with the peak re-chosen each time so the learning rate carried on where it was; x3's last 70 min ran
-# on 2 threads once x4 had finished. The single stages below give about the same learning-rate path.
+# 344) with the peak re-chosen each time so the learning rate carried on where it was; x3's last 56 min ran
+# on 2 threads once x4 had finished, and x3 was stopped (SIGTERM) at 329 of its 344 min, at lr 1.2e-5.
+# The single stages below give about the same learning-rate path.
 stage ribsr-s-x4 4 334 1.15e-3 100 &
 stage ribsr-s-x3 3 344 4.4e-4 100 &
 wait

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -69,7 +69,7 @@ def command(
         scale, outscale = resolve_scales(scale, outscale)
     except UsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="--outscale")
-    _check_run_options(err, device, precision, attention)
+    dev = _check_run_options(err, device, precision, attention)
     model_label = _model_label(model, scale)
     try:
         jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale), model=model_label,
@@ -89,7 +89,7 @@ def command(
 
     engine = None
     if any(j.status == "pending" for j in jobs):  # a finished batch re-run needs no model
-        engine = _load_engine(err, model, arch, scale, device, precision, attention, tile_value, tile_overlap,
+        engine = _load_engine(err, model, arch, scale, dev, precision, attention, tile_value, tile_overlap,
                               batch_tiles, tta, outscale)
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -132,29 +132,32 @@ def _write_json(path: Path, model_name: str, scale: int, outscale: float | None,
     return True
 
 
-def _check_run_options(err, device: str, precision: str, attention: str) -> None:
+def _usage_exit(err, exc: Exception) -> NoReturn:
+    err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _check_run_options(err, device: str, precision: str, attention: str):
+    """The device to run on; a bad --device/--precision/--attention is a usage error before any planning."""
     from ribsr_cli.engine.inference import check_run_options
 
     try:
-        check_run_options(device, precision, attention)
+        return check_run_options(device, precision, attention)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
-        raise typer.Exit(2)
+        _usage_exit(err, exc)
 
 
-def _load_engine(err, model, arch, scale, device, precision, attention, tile, overlap, batch_tiles, tta, outscale):
+def _load_engine(err, model, arch, scale, dev, precision, attention, tile, overlap, batch_tiles, tta, outscale):
     from ribsr_cli.engine.checkpoint import CheckpointError
-    from ribsr_cli.engine.inference import pick_device, prepare
+    from ribsr_cli.engine.inference import prepare
     from ribsr_cli.engine.registry import resolve
     from ribsr_cli.upscaling import Engine
 
     try:
-        dev = pick_device(device)
         label, net = resolve(model, scale, arch)
         autocast = prepare(net, dev, precision, attention)
-    except (CheckpointError, ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
-        raise typer.Exit(2)
+    except (CheckpointError, ValueError, RuntimeError) as exc:
+        _usage_exit(err, exc)
     return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast, outscale)
 
 

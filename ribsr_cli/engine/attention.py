@@ -202,8 +202,8 @@ def configure_attention(
     cache: bool | None = None,
 ) -> nn.Module:
     """Set the run-time attention settings of every window-attention layer in `model`."""
-    if kernel is not None and kernel not in kernels.KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(kernels.KERNELS)}")
+    if kernel is not None:
+        kernels.check_kernel(kernel)
     if strategy is not None and strategy not in STRATEGIES:
         raise ValueError(f"unknown RIB strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     for m in model.modules():

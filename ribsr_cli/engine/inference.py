@@ -45,12 +45,11 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 def check_run_options(device: str, precision: str, attention: str) -> torch.device:
     """Validate --device/--precision/--attention without a model, so a typo is reported even when no file
     needs the model (a finished batch re-run, a dry run)."""
-    from ribsr_cli.engine import kernels
+    from ribsr_cli.engine.kernels import check_kernel
 
     dev = pick_device(device)
     pick_dtype(precision, dev)
-    if attention not in kernels.KERNELS:
-        raise ValueError(f"unknown attention kernel {attention!r}; choose one of {', '.join(kernels.KERNELS)}")
+    check_kernel(attention)
     return dev
 
 

@@ -32,6 +32,12 @@ _SDPA_NAMES = {
 }
 
 
+def check_kernel(kernel: str) -> None:
+    """One message for an unknown kernel name, wherever it is first seen (CLI option, configure, attend)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+
+
 class KernelUnavailable(RuntimeError):
     """The requested attention kernel cannot run these tensors on this device."""
 
@@ -134,4 +140,5 @@ def attend(
                 "head dim a multiple of 8 (<=256) and no additive bias"
             )
         return _flash(q, k, v, scale), "flash_attn"
-    raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    check_kernel(kernel)
+    raise AssertionError(f"kernel {kernel!r} is in KERNELS but not dispatched")
