@@ -19,19 +19,12 @@ import torch
 import torch.nn as nn
 
 from ribsr_cli.engine.network import SST
+from ribsr_cli.errors import CheckpointError  # re-exported: callers import it from here
 from ribsr_cli.engine.presets import PRESETS, get_preset, normalize_arch
 
 ARCH_KEY = "ribsr_arch"
 PROVENANCE_KEY = "ribsr_provenance"
 WRAPPERS = ("params_ema", "params", "state_dict", "model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the architecture; str() is one line."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -204,6 +197,9 @@ def save_model(model: SST, path: str | Path, provenance: dict[str, Any] | None =
     metadata = {ARCH_KEY: json.dumps(model.arch), PROVENANCE_KEY: json.dumps(provenance or {}), "format": "pt"}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)  # safetensors creates the file private; weights are meant to be shared
-    tmp.replace(path)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # safetensors creates the file private; weights are meant to be shared
+        tmp.replace(path)
+    finally:  # a failed or interrupted save leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
