@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from ribsr_cli.imaging.lanczos import final_size, resize_to
 from ribsr_cli.pixels import grey_like, to_rgb
 
 GLOB_CHARS = set("*?[")
+FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # `--overwrite true` makes "true" an input
 
 
 class UsageError(ValueError):
@@ -43,20 +45,22 @@ class UsageError(ValueError):
 class Job:
     source: Path
     output: Path | None
-    status: str = "pending"  # pending | done | skipped | failed
+    status: str = "pending"  # pending | done | skipped | failed | interrupted (Ctrl-C while it ran)
     reason: str = ""
     in_size: tuple[int, int] | None = None
     out_size: tuple[int, int] | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)  # attention kernels that actually ran on this file
+    tile: int | None = None  # tile side that ran (LR px; 0: whole image), after any out-of-memory halving
 
     def as_dict(self) -> dict:
         return {"input": str(self.source), "output": str(self.output) if self.output else None,
                 "status": self.status, "error": self.reason or None,
                 "input_size": list(self.in_size) if self.in_size else None,
                 "output_size": list(self.out_size) if self.out_size else None,
-                "seconds": round(self.seconds, 3), "warnings": self.warnings, "kernels": self.kernels}
+                "seconds": round(self.seconds, 3), "warnings": self.warnings, "kernels": self.kernels,
+                "tile": self.tile}
 
 
 def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
@@ -183,6 +187,8 @@ def plan_jobs(
         jobs.append(job)
         if not src.is_file():
             job.status, job.reason = "failed", "no such file" if not src.exists() else "not a regular file"
+            if not src.exists() and str(src).lower() in FLAG_WORDS:
+                job.reason += " (on/off flags take no value: write --overwrite, not --overwrite true)"
             continue
         if not is_image_path(src):
             job.status, job.reason = "failed", "not a supported image type (jpg, png, tif, webp, bmp, gif)"
@@ -258,6 +264,9 @@ class Engine:
     tta: bool = False
     autocast: object = None
     outscale: float | None = None  # final factor after a Lanczos resize of the model's output; None: `scale`
+    precision: str = "fp32"  # what the network runs in (fp32, bf16, fp16), for reports
+    sha256: str | None = None  # the weights' hash, when the registry knows it
+    source: str | None = None  # shipped, stored or file
 
     def tile_for(self, h: int, w: int) -> int:
         if isinstance(self.tile, int):
@@ -314,9 +323,13 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
             on_tile: Callable[[int, int], None] | None = None) -> Job:
     """Read, upscale, write one file; failures land in job.status/reason, never propagate.
 
-    The output format is the planned name's extension (`fmt` was folded into it by plan_jobs).
+    The output format is the planned name's extension (`fmt` was folded into it by plan_jobs). Output
+    folders are made only once the result exists, and removed again when the file is not written, so a
+    failure or Ctrl-C leaves no empty mirrored folder. Ctrl-C marks the job interrupted (with the time it
+    ran) and propagates to stop the batch.
     """
     start = time.perf_counter()
+    created: list[Path] = []
     try:
         img = read_image(job.source, max_pixels=max_pixels)
         job.warnings += list(img.warnings)
@@ -326,12 +339,7 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         if img.alpha is not None:
             rgb = fill_transparent(np.ascontiguousarray(rgb), img.alpha)
         out_dtype = np.uint16 if img.bit_depth == 16 else np.uint8
-        folder = job.output.parent  # -r mirrors sub-folders, and --name may add some
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ImageWriteError(job.output, f"cannot create folder {folder} ({exc.strerror or exc})") from None
-        sr, _ = engine.run(rgb, out_dtype, on_tile)
+        sr, job.tile = engine.run(rgb, out_dtype, on_tile)
         job.kernels = attention_report(engine.model)["kernels"]
         sr = grey_like(sr, img.pixels)  # grey in, grey out
         alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
@@ -341,6 +349,7 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
             alpha = resize_to(alpha, *size) if alpha is not None else None
         out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies
         dpi = tuple(d * (engine.outscale or engine.scale) for d in img.dpi) if img.dpi else None
+        created = make_folders(job.output.parent)  # -r mirrors sub-folders, and --name may add some
         warnings = write_image(job.output, sr, alpha, fmt=out_fmt, bit_depth=img.bit_depth, quality=quality,
                                exif=img.exif, xmp=img.xmp, icc_profile=img.icc_profile, dpi=dpi)
         job.warnings += list(warnings or [])
@@ -350,7 +359,74 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         job.status, job.reason = "failed", getattr(exc, "reason", str(exc))
     except MemoryError:
         job.status, job.reason = "failed", "out of memory (try --tile 256)"
+    except KeyboardInterrupt:
+        job.status, job.reason = "interrupted", "interrupted (Ctrl-C) before it was written"
+        raise
     except Exception as exc:  # a bug or device failure must not kill the batch
         job.status, job.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    job.seconds = time.perf_counter() - start
+    finally:
+        job.seconds = time.perf_counter() - start
+        if job.status != "done":
+            remove_empty(created)
     return job
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """mkdir -p that returns the folders it created (outermost first); raises ImageWriteError."""
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(folder, f"cannot create folder {folder} ({exc.strerror or exc})") from None
+    return missing[::-1]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders this run created for a file that was not written (innermost first, only if empty)."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def unwritable_folders(jobs: list[Job]) -> list[tuple[Path, str]]:
+    """(folder, reason) for each output folder of a pending job that cannot be written.
+
+    A probe file is created and removed in the folder, or in its nearest existing ancestor when the
+    folder is still to be made, so a read-only or misnamed -o is found before any file is upscaled.
+    """
+    problems: list[tuple[Path, str]] = []
+    checked: set[Path] = set()
+    for folder in dict.fromkeys(j.output.parent for j in jobs if j.status == "pending" and j.output):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing in checked:
+            continue
+        checked.add(existing)
+        if not existing.is_dir():
+            problems.append((folder, f"cannot create the output folder: {existing} is a file, not a folder"))
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".ribsr-write-check-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            what = "output folder" if existing == folder else f"output folder (in {existing})"
+            problems.append((folder, f"cannot write the {what}: {exc.strerror or exc}"))
+    return problems
+
+
+def no_images_message(inputs: list[str], recursive: bool) -> str:
+    """Why nothing was found, with the -r hint when a named folder has images only in sub-folders."""
+    if not recursive:
+        for item in inputs:
+            path = Path(item)
+            if path.is_dir() and _walk(path, True, None):
+                return f"no image files found in {item} itself, but its sub-folders have some: add -r to include them"
+    return "no image files found in the given inputs"

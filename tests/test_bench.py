@@ -19,9 +19,12 @@ from typer.testing import CliRunner
 
 from ribsr_cli import benchmarking as bm
 from ribsr_cli.cli import app
+from ribsr_cli.engine.inference import cpu_native_bf16
 
-ATTENTION_KEYS = {"window", "variant", "kernel", "dtype", "ms_median", "ms_p10", "ms_p90", "peak_mb", "train"}
-NETWORK_KEYS = {"preset", "attn_type", "input", "ms_median", "peak_mb", "train"}
+ATTENTION_KEYS = {"window", "variant", "kernel", "dtype", "ms_median", "ms_p10", "ms_p90", "peak_mb", "train",
+                  "repeats", "skipped", "note"}
+NETWORK_KEYS = {"preset", "attn_type", "input", "kernel", "strategy", "ms_median", "ms_p10", "ms_p90", "peak_mb",
+                "train", "repeats", "skipped", "note"}
 FAST = ["--quick", "--preset", "ribsr-s", "--repeats", "2", "--threads", "1"]
 
 
@@ -43,30 +46,36 @@ def test_quick_json_has_every_field_and_sane_values(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert set(data) == {"env", "attention", "network", "check"}
     env = data["env"]
-    assert env["device"] == "cpu" and env["dtype"] == "fp32" and env["threads"] >= 1
+    auto = "bf16" if cpu_native_bf16() else "fp32"  # bench's auto is upscale's (issue 14)
+    assert env["device"] == "cpu" and env["dtype"] == auto and env["threads"] >= 1
     assert env["torch"] == torch.__version__ and "backends" in env and "memory" in env
     assert env["threads"] == 1 and "load_avg_1m" in env
-    assert data["check"]["ok"] is True and 0 <= data["check"]["max_abs_err"] <= 1e-4
+    tolerance = bm.TOLERANCE[torch.bfloat16 if auto == "bf16" else torch.float32]
+    assert data["check"]["ok"] is True and 0 <= data["check"]["max_abs_err"] <= tolerance
 
     rows = data["attention"]
     assert all(set(r) == ATTENTION_KEYS for r in rows)
     assert {(r["window"], r["variant"]) for r in rows} >= {
         (ws, v) for ws in (8, 16) for v in ("rib", "rpb-dense", "rpb-sdpa", "rpb-flex", "nope")}
     for r in rows:
-        assert r["kernel"] and r["dtype"] == "fp32" and r["train"] is False
-        if r["kernel"].startswith(("skipped", "unavailable")):
-            assert r["ms_median"] is None
+        assert r["dtype"] == auto and r["train"] is False
+        if r["skipped"]:  # the reason has its own field; a skipped row ran no kernel (issue 18)
+            assert r["ms_median"] is None and r["kernel"] is None and r["repeats"] == 0
         else:
+            assert r["kernel"] and r["repeats"] == 2
             _assert_timed(r)
     kernels = {r["variant"]: r["kernel"] for r in rows if r["window"] == 8}
     assert kernels["rpb-dense"] == "math" and kernels["rib"].startswith("sdpa")
-    assert kernels["rpb-flex"].startswith("skipped")  # --quick does not compile flex_attention
+    assert kernels["rpb-flex"] is None  # --quick does not compile flex_attention
+    assert [r["skipped"] for r in rows if r["variant"] == "rpb-flex"][0].startswith("skipped")
+    assert env["repeats"] == 2 and env["repeats_chosen_by"] == "--repeats"
 
     net = data["network"]
     assert all(set(r) == NETWORK_KEYS for r in net)
     assert {r["attn_type"] for r in net} >= {"RIB", "RPB"}
     for r in net:
         assert r["preset"] == "ribsr-s-x4" and r["train"] is False and r["input"] == "64x36"
+        assert r["kernel"].startswith("sdpa") and r["strategy"] in ("bias", "concat") and r["repeats"] == 2
         _assert_timed({**r, "ms_p10": r["ms_median"], "ms_p90": r["ms_median"]})
 
     assert "Window attention" in result.output and "rpb/rib" in result.output

@@ -166,7 +166,7 @@ def test_set14_x2_reproduces_published_bicubic(benchmarks_dir):
 def test_cli_json_csv_and_images(tmp_path):
     folder = _make_set(tmp_path, official_lr=(2,))
     out_json, out_csv, saved = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "sr"
-    result = runner.invoke(app, ["eval", str(folder), "-s", "2,3", "--baseline", "bicubic", "--json", str(out_json),
+    result = runner.invoke(app, ["eval", str(folder), "-s", "2,3", "--no-model", "--json", str(out_json),
                                  "--csv", str(out_csv), "--save-images", str(saved), "--per-image"])
     assert result.exit_code == 0, result.output
     assert "PSNR-Y" in result.stdout and "img2" in result.stdout
@@ -195,7 +195,7 @@ def test_cli_json_csv_and_images(tmp_path):
 def test_cli_degrade_crop_border_and_rgb_in_protocol(tmp_path):
     folder = _make_set(tmp_path, official_lr=(2,))
     out_json = tmp_path / "r.json"
-    result = runner.invoke(app, ["eval", str(folder), "--baseline", "bicubic", "--ignore-lr", "--rgb",
+    result = runner.invoke(app, ["eval", str(folder), "--no-model", "--ignore-lr", "--rgb",
                                  "--crop-border", "0", "-q", "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     protocol = json.loads(out_json.read_text())["protocol"]
@@ -206,14 +206,14 @@ def test_cli_degrade_crop_border_and_rgb_in_protocol(tmp_path):
 def test_cli_user_errors_are_one_line(tmp_path):
     folder = _make_set(tmp_path, official_lr=(2,))
     (tmp_path / "empty").mkdir()
-    _one_line_error(runner.invoke(app, ["eval", str(tmp_path / "empty"), "--baseline", "bicubic"]), "no images found")
-    missing = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--baseline", "bicubic"])
+    _one_line_error(runner.invoke(app, ["eval", str(tmp_path / "empty"), "--no-model"]), "no images found")
+    missing = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--no-model"])
     _one_line_error(missing, "nope", "no such folder")
     for bad in ("0", "1", "x", "2.5", "2,,3"):
-        _one_line_error(runner.invoke(app, ["eval", str(folder), "-s", bad, "--baseline", "bicubic"]), "invalid scale")
+        _one_line_error(runner.invoke(app, ["eval", str(folder), "-s", bad, "--no-model"]), "invalid scale")
     _one_line_error(runner.invoke(app, ["eval", str(folder), "--baseline", "lanczos"]), "unknown baseline")
     Image.fromarray(np.zeros((7, 7, 3), np.uint8)).save(folder / "LR_bicubic" / "X2" / "img0x2.png")
-    mismatched = runner.invoke(app, ["eval", str(folder), "--baseline", "bicubic"])
+    mismatched = runner.invoke(app, ["eval", str(folder), "--no-model"])
     _one_line_error(mismatched, "img0x2.png", "mismatched HR/LR")
 
 
@@ -222,7 +222,7 @@ def test_cli_model_hook(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_make_upscaler(model, scale, *, tile, tta, device):
+    def fake_make_upscaler(model, scale, *, tile, tta, device, **_):
         calls.append((model, scale, tile, tta, device))
         return f"fake-x{scale}", lambda lr, s: bicubic_upscaler(lr, s)
 
@@ -238,18 +238,18 @@ def test_cli_model_hook(tmp_path, monkeypatch):
     assert [r["method"] for r in doc["results"]] == ["bicubic", "fake-x2", "bicubic", "fake-x3"]
     assert doc["protocol"]["tta"] is True and doc["protocol"]["tile"] == 64
     calls.clear()
-    assert runner.invoke(app, ["eval", str(folder), "-q"]).exit_code == 0  # no -m, no --baseline: shipped model
+    assert runner.invoke(app, ["eval", str(folder), "-q"]).exit_code == 0  # no -m, no --no-model: shipped model
     assert calls == [(None, 2, 0, False, "auto")]
 
     def no_weights(model, scale, **_):
         raise ValueError(f"no shipped model for x{scale}")
 
     monkeypatch.setattr(inference, "make_upscaler", no_weights)
-    _one_line_error(runner.invoke(app, ["eval", str(folder)]), "no shipped model for x2", "--baseline bicubic")
+    _one_line_error(runner.invoke(app, ["eval", str(folder)]), "no shipped model for x2", "--no-model")
 
 
 def test_cli_without_engine(tmp_path, monkeypatch):
     folder = _make_set(tmp_path)
     monkeypatch.setitem(sys.modules, "ribsr_cli.engine.inference", None)  # import now fails
-    _one_line_error(runner.invoke(app, ["eval", str(folder)]), "unavailable", "--baseline bicubic")
-    assert runner.invoke(app, ["eval", str(folder), "--baseline", "bicubic", "-q"]).exit_code == 0
+    _one_line_error(runner.invoke(app, ["eval", str(folder)]), "unavailable", "--no-model")
+    assert runner.invoke(app, ["eval", str(folder), "--no-model", "-q"]).exit_code == 0

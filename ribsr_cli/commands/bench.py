@@ -143,19 +143,21 @@ def _network_table(result: Any) -> Any:
 
 def command(
     quick: bool = typer.Option(False, "--quick", help="Under a minute on 2 CPU cores: windows 8,16,32, small network input, few repeats."),
-    windows: Optional[str] = typer.Option(None, "--windows", callback=_windows_option, help="Window sizes, e.g. 8,16,32,64 (default 8,16,32,48,64,96)."),
-    preset: str = typer.Option("SST-light", "--preset", help="Architecture preset (heads/head dim/rank and the network), e.g. SST-light or SST-x2."),
-    size: Optional[str] = typer.Option(None, "--size", callback=_size_option, help="Network output size WxH (default 1280x720; --quick 256x144)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Timed repeats per row (default: sized to ~1.5 s per row, capped)."),
+    windows: Optional[str] = typer.Option(None, "--windows", metavar="WS,WS...", callback=_windows_option, help="Window sizes, e.g. 8,16,32,64 (default 8,16,32,48,64,96)."),
+    preset: str = typer.Option("SST-light", "--preset", "--model", "-m", help="Architecture preset (heads/head dim/rank and the network), e.g. SST-light or SST-x2, or a shipped/stored model name (its architecture)."),
+    size: Optional[str] = typer.Option(None, "--size", metavar="WxH", callback=_size_option, help="Network output size WxH (default 1280x720; --quick 256x144)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|fp32|bf16|fp16", show_default=False,
+                                            help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16; see ribsr info), fp32 on other CPUs."),
+    dtype_alias: Optional[str] = typer.Option(None, "--dtype", hidden=True, help="Old name of --precision."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, metavar="N", help="Timed repeats per row (default: sized to ~1.5 s per row, capped)."),
     train: bool = typer.Option(False, "--train", help="Time forward+backward, and one network training step."),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Training-step batch size (default 4; --quick 2)."),
-    patch: Optional[int] = typer.Option(None, "--patch", min=8, help="Training-step LR patch side (default 64; --quick 32)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, metavar="N", help="Training-step batch size (default 4; --quick 2)."),
+    patch: Optional[int] = typer.Option(None, "--patch", min=8, metavar="PX", help="Training-step LR patch side (default 64; --quick 32)."),
     all_kernels: bool = typer.Option(False, "--all-kernels", help="Also time RIB through each available kernel."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, fewer when other processes already keep cores busy)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write env, attention, network and check to this JSON file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Save latency and memory vs window size as a PNG (needs matplotlib)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="CPU threads (default: all cores, fewer when other processes already keep cores busy)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write env, attention, network and check to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Save latency and memory vs window size as a PNG (needs matplotlib)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and a one-line summary."),
     corrupt_rib: bool = typer.Option(False, "--_corrupt-rib", hidden=True, help="Break the RIB path on purpose (tests the check)."),
 ) -> None:
@@ -165,6 +167,9 @@ def command(
     from ribsr_cli import benchmarking as bm
     from ribsr_cli.commands.info import environment
 
+    from ribsr_cli.commands.options import merge_alias
+
+    dtype = merge_alias(precision, dtype_alias, "--precision", "--dtype") or "auto"
     console, err = Console(quiet=quiet), Console(stderr=True)
     if not console.is_terminal:  # logs and pipes: wide enough for the tables instead of 80 columns
         console.width = 150

@@ -14,7 +14,8 @@ def environment() -> dict:
     import torch
 
     from ribsr_cli import __version__
-    from ribsr_cli.engine.kernels import available_kernels, flash_attn_func
+    from ribsr_cli.engine.inference import auto_precision, cpu_native_bf16
+    from ribsr_cli.engine.kernels import flash_attn_func
 
     info = {
         "ribsr": __version__,
@@ -27,13 +28,40 @@ def environment() -> dict:
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
         "flash_attn_package": flash_attn_func() is not None,
-        "attention_kernels": {"cpu": available_kernels("cpu")},
+        # AMX-BF16 / AVX512-BF16: `--precision auto` is bf16 autocast on such CPUs, fp32 on others
+        "cpu_native_bf16": cpu_native_bf16(),
+        "cpu_auto_precision": auto_precision(torch.device("cpu")),
+        "attention_kernels": {"cpu": kernels_that_run("cpu")},
     }
     if torch.cuda.is_available():
-        info["attention_kernels"]["cuda"] = available_kernels("cuda")
+        info["attention_kernels"]["cuda"] = kernels_that_run("cuda")
         info["cuda_version"] = torch.version.cuda
         info["sdpa_flash_enabled"] = torch.backends.cuda.flash_sdp_enabled()
     return info
+
+
+def kernels_that_run(device: str) -> dict[str, str]:
+    """For each `--attention` choice, the kernel that runs on `device`, named as runs report it
+    (`sdpa:flash`, `math`, `flash_attn`), or why it cannot run there.
+
+    Found by running the choice on a small window-attention call shaped as the engine makes them (on the
+    CPU with the RIB bias as a mask, on CUDA in bf16 without one), so the names cannot drift apart.
+    """
+    import torch
+
+    from ribsr_cli.engine.kernels import KERNELS, KernelUnavailable, attend
+
+    cuda = device == "cuda"
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    q, k, v = (torch.randn(4, 2, 64, 32, device=device, dtype=dtype) for _ in range(3))
+    bias = None if cuda else torch.zeros(2, 64, 64, device=device, dtype=dtype)
+    names = {}
+    for choice in KERNELS:
+        try:
+            names[choice] = attend(q, k, v, bias, scale=32 ** -0.5, kernel=choice)[1]
+        except (KernelUnavailable, RuntimeError) as exc:
+            names[choice] = f"unavailable: {str(exc).splitlines()[0]}"
+    return names
 
 
 def command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
