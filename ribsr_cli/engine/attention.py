@@ -13,6 +13,7 @@ and passes it as an additive mask (cheaper on CPU, ws^4 * heads floats of memory
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,8 +26,23 @@ from ribsr_cli.engine.rib import rib_bias, rib_factors, rpb_bias
 POSITIONAL = ("RIB", "RPB", "NoPE")
 STRATEGIES = ("auto", "concat", "bias")
 
-#: On CPU, ``auto`` caches a dense RIB bias for a layer only up to this size.
-DEFAULT_BIAS_BUDGET_BYTES = 256 * 2**20
+#: Largest window size for which, on CPU, a cached dense bias used as the SDPA mask beats the concat path,
+#: per compute dtype. Measured (benchmarks/engine_speed.py --table, 1 thread, Xeon with AMX-BF16): in fp32
+#: the bias costs 0.2-0.9x of concat up to ws 64; in bf16 it wins only up to ws 16 (ws 32: 1.04x, ws 64:
+#: 1.26x), because concat's wider head dim is nearly free on AMX while the N x N mask is read every window.
+BIAS_FASTER_UP_TO = {torch.float32: 64, torch.bfloat16: 16, torch.float16: 16}
+
+
+def default_bias_budget() -> int:
+    """Bytes all layers together may hold as cached dense biases: 1/64 of the machine's memory, 64 MiB to
+    512 MiB (368 MiB on a 23 GiB machine). A total, not per layer: SST-light's five 64x64-window layers
+    alone would take 1 GB in fp32."""
+    try:
+        import os
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GiB
+        total = 8 * 2**30
+    return int(min(max(total // 64, 64 * 2**20), 512 * 2**20))
 
 
 def reflect_pad(x: torch.Tensor, pad_right: int, pad_bottom: int) -> torch.Tensor:
@@ -42,8 +58,39 @@ def reflect_pad(x: torch.Tensor, pad_right: int, pad_bottom: int) -> torch.Tenso
     return x
 
 
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled on `device` (a no-op where autocast does not exist)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
     return t if t.shape[-1] == size else F.pad(t, (0, size - t.shape[-1]))
+
+
+#: Head-dim multiple the fused CUDA kernels need in fp16/bf16 (FlashAttention, memory-efficient, cuDNN).
+FUSED_HEAD_DIM_MULTIPLE = 8
+
+
+def head_dim_multiple(device: torch.device) -> int:
+    """What q/k/v's last dim is zero-padded to before a kernel call on `device`: 8 on CUDA, where a head
+    dim of 30 (SST base) would otherwise drop to the math kernel; 1 (no copy) on CPU, whose kernels do not
+    care. RIB's concat path is padded on every device (its width is odd anyway)."""
+    return FUSED_HEAD_DIM_MULTIPLE if device.type == "cuda" else 1
+
+
+def attend_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, *, scale: float,
+                  kernel: str, strict: bool, multiple: int) -> tuple[torch.Tensor, str]:
+    """`kernels.attend` with the head dim zero-padded to `multiple`: zero columns add nothing to q k^T and
+    give zero output columns, which are cropped, so the result is the unpadded attention's."""
+    d = q.shape[-1]
+    width = -(-d // multiple) * multiple
+    if width == d or kernel == "math":
+        return kernels.attend(q, k, v, bias, scale=scale, kernel=kernel, strict=strict)
+    out, ran = kernels.attend(_pad_last(q, width), _pad_last(k, width), _pad_last(v, width), bias, scale=scale,
+                              kernel=kernel, strict=strict)
+    return out[..., :d], ran
 
 
 class WindowAttention(nn.Module):
@@ -87,8 +134,11 @@ class WindowAttention(nn.Module):
         self.kernel = "auto"
         self.strategy = "auto"
         self.compute_dtype: torch.dtype | None = None
-        self.bias_budget_bytes = DEFAULT_BIAS_BUDGET_BYTES
+        #: Whether this layer's dense bias fits the model-wide cache budget (set by `plan_bias_budget`;
+        #: until then, whether it fits the budget alone).
+        self.bias_fits_budget = self.num_heads * window_size**4 * 4 <= default_bias_budget()
         self.cache_positional = True
+        self.strict_kernel = False  # True: no SDPA fallback (the benchmark times the fused kernel or nothing)
         self.last_kernel: str | None = None
         self.last_strategy: str | None = None
         self._cache: dict = {}
@@ -129,43 +179,56 @@ class WindowAttention(nn.Module):
             return rpb_bias(self.relative_position_bias, self.window_size)
         return None
 
-    def resolve_strategy(self, device: torch.device) -> str:
-        """How RIB reaches the kernel on this device (RPB is always a dense bias)."""
+    def positional_needs_grad(self) -> bool:
+        """True when a bias built now would carry a gradient (training): SDPA then leaves its fused CPU
+        kernel for the math path (3x slower, 4x the memory), and the bias cannot be cached anyway."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self._positional_params())
+
+    def resolve_strategy(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """How RIB reaches the kernel (RPB is always a dense bias). `auto`: concat on GPUs and whenever the
+        bias would need a gradient; on CPU a cached bias where it is measured faster for this window size
+        and dtype (`BIAS_FASTER_UP_TO`) and fits the model-wide budget, concat elsewhere."""
         if self.positional != "RIB":
             return "bias" if self.positional == "RPB" else "none"
         if self.strategy != "auto":
             return self.strategy
-        if device.type != "cpu" or self.kernel == "flash":
+        if device.type != "cpu" or self.kernel == "flash" or self.positional_needs_grad():
             return "concat"
-        n = self.window_size**2
-        return "bias" if self.num_heads * n * n * 4 <= self.bias_budget_bytes else "concat"
+        fast = self.window_size <= BIAS_FASTER_UP_TO.get(dtype, 0)
+        return "bias" if fast and self.bias_fits_budget and self.cache_positional else "concat"
 
     # ---- attention core ---------------------------------------------------
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: (windows, heads, N, D) -> (windows, heads, N, D)."""
         out_dtype = q.dtype
         dtype = self.compute_dtype or q.dtype
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        strategy = self.resolve_strategy(q.device)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        if strategy == "concat":
-            q_pos, k_pos = self._cached("factors", q.device, dtype,
-                                        lambda: tuple(t.to(dtype) for t in self.rib_factors()))
-            windows = q.shape[0]
-            d, r = self.head_dim, self.rank
-            width = -(-(d + r) // 8) * 8
-            q_pos = (q_pos / math.sqrt(r)).unsqueeze(0).expand(windows, -1, -1, -1)
-            k_pos = k_pos.unsqueeze(0).expand(windows, -1, -1, -1)
-            q_cat = _pad_last(torch.cat([q * scale, q_pos], dim=-1), width)
-            k_cat = _pad_last(torch.cat([k, k_pos], dim=-1), width)
-            v_cat = _pad_last(v, width)
-            out, ran = kernels.attend(q_cat, k_cat, v_cat, scale=1.0, kernel=self.kernel)
-            out = out[..., :d]
-        elif strategy == "bias":
-            bias = self._cached("bias", q.device, dtype, lambda: self.positional_bias().to(dtype))
-            out, ran = kernels.attend(q, k, v, bias, scale=scale, kernel=self.kernel)
-        else:
-            out, ran = kernels.attend(q, k, v, scale=scale, kernel=self.kernel)
+        if q.device.type == "cpu" and q.requires_grad and dtype != torch.float32:
+            # PyTorch's CPU flash-attention backward is ~4x slower in bf16 than in fp32 (issue 14, profiled
+            # on ribsr-s training): under autocast the convolutions take bf16, the attention core fp32
+            dtype = torch.float32
+        # the core runs in `dtype` exactly: autocast would recast SDPA (it is on CPU/CUDA autocast's list)
+        with autocast_off(q.device):
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            strategy = self.resolve_strategy(q.device, dtype)
+            scale = 1.0 / math.sqrt(self.head_dim)
+            if strategy == "concat":
+                q_pos, k_pos = self._cached("factors", q.device, dtype,
+                                            lambda: tuple(t.to(dtype) for t in self.rib_factors()))
+                windows = q.shape[0]
+                d, r = self.head_dim, self.rank
+                width = -(-(d + r) // 8) * 8
+                q_pos = (q_pos / math.sqrt(r)).unsqueeze(0).expand(windows, -1, -1, -1)
+                k_pos = k_pos.unsqueeze(0).expand(windows, -1, -1, -1)
+                q_cat = _pad_last(torch.cat([q * scale, q_pos], dim=-1), width)
+                k_cat = _pad_last(torch.cat([k, k_pos], dim=-1), width)
+                v_cat = _pad_last(v, width)
+                out, ran = kernels.attend(q_cat, k_cat, v_cat, scale=1.0, kernel=self.kernel, strict=self.strict_kernel)
+                out = out[..., :d]
+            else:  # RPB's bias or no positional term: pad the head dim too, so these get the fused kernels RIB gets
+                bias = (self._cached("bias", q.device, dtype, lambda: self.positional_bias().to(dtype))
+                        if strategy == "bias" else None)
+                out, ran = attend_padded(q, k, v, bias, scale=scale, kernel=self.kernel, strict=self.strict_kernel,
+                                         multiple=head_dim_multiple(q.device))
         self.last_kernel, self.last_strategy = ran, strategy
         return out.to(out_dtype)
 
@@ -214,16 +277,30 @@ def configure_attention(
                 m.strategy = strategy
             if compute_dtype != "keep":
                 m.compute_dtype = compute_dtype  # type: ignore[assignment]
-            if bias_budget_bytes is not None:
-                m.bias_budget_bytes = bias_budget_bytes
             if cache is not None:
                 m.cache_positional = cache
             m.clear_cache()
+    plan_bias_budget(model, default_bias_budget() if bias_budget_bytes is None else bias_budget_bytes)
     return model
+
+
+def plan_bias_budget(model: nn.Module, budget_bytes: int) -> None:
+    """Share `budget_bytes` of cached dense biases among the RIB layers, smallest windows first (they gain
+    most from a bias and cost least): a layer whose fp32 bias no longer fits uses concat under `auto`."""
+    layers = sorted((m for m in model.modules() if isinstance(m, WindowAttention) and m.positional == "RIB"),
+                    key=lambda m: m.num_heads * m.window_size**4)
+    used = 0
+    for m in layers:
+        size = m.num_heads * m.window_size**4 * 4
+        m.bias_fits_budget = used + size <= budget_bytes
+        used += size if m.bias_fits_budget else 0
 
 
 def attention_report(model: nn.Module) -> dict[str, list[str]]:
     """Kernels and RIB strategies that ran in the last forward, deduplicated (for user-facing reports)."""
+    own_report = getattr(model, "kernel_report", None)
+    if callable(own_report):  # a foreign (spandrel) model has no window attention: it names architecture + precision
+        return own_report()
     ran, strategies = [], []
     for m in model.modules():
         if isinstance(m, WindowAttention) and m.last_kernel:

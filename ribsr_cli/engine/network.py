@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ribsr_cli.engine.attention import WindowAttention
+from ribsr_cli.engine.attention import WindowAttention, default_bias_budget, plan_bias_budget
 
 
 class ChannelLayerNorm(nn.Module):
@@ -134,6 +134,7 @@ class SST(nn.Module):
             self.upsampler: nn.Module = PixelShuffleDirect(dim, scale)
         else:
             self.upsampler = PixelShuffleUpsampler(dim, scale, arch["intermediate_dim"])
+        plan_bias_budget(self, default_bias_budget())  # the cached-bias budget is per model, not per layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.proj(x)
