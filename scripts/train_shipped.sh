@@ -8,7 +8,7 @@
 # is fitted to the time budget), so a re-run lands close to, not bit-exactly on, the shipped weights.
 #
 # Usage: nohup scripts/train_shipped.sh > runs/train_shipped.log 2>&1 &
-#        then: python3 -m ribsr_cli.training.export runs/ribsr-s-x2 --name ribsr-s-x2 --default  (same for x3, x4)
+#        then: ribsr export runs/ribsr-s-x2 --name ribsr-s-x2 --default  (same for x3, x4)
 # Env:   THREADS (per process, default 1; two processes run at once from phase 2 on)
 set -euo pipefail
 cd "$(dirname "$0")/.."

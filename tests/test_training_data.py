@@ -18,19 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ribsr_cli.training import photos
+from typer.testing import CliRunner
+
+from ribsr_cli.catalog import sha256_file
+from ribsr_cli.cli import app
+from ribsr_cli.training.fetch import Apt, EetTool, FetchError, fetch
 from ribsr_cli.training.leakcheck import LeakChecker
-from ribsr_cli.training.photos import (
-    HRPool,
-    blockiness,
-    fetch,
-    load_photo,
-    parse_source,
-    prepare,
-    read_manifest,
-    sha256_file,
-    verify_sha256,
-)
+from ribsr_cli.training.manifest import default_manifest, parse_source, read_manifest, verify_sha256
+from ribsr_cli.training.pool import HRPool
+from ribsr_cli.training.prepare import blockiness, load_photo, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "file\twidth\theight\tsha256\tsource\tlicense\n"
@@ -66,13 +62,32 @@ def test_parse_source_forms() -> None:
 
 
 def test_shared_manifest_parses_completely() -> None:
-    tsv = photos.default_manifest()
+    tsv = default_manifest()
     if not tsv.is_file():
         pytest.skip(f"{tsv} not present")
     specs = read_manifest(tsv)
     assert len(specs) == 83
     assert not [s.file for s in specs if s.problem]
     assert all(len(s.sha256) == 64 for s in specs)
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("file\twidth\n", "header"),
+    (HEADER + "a.png\t1\n", "expected 6 tab-separated columns"),
+    (HEADER + "../a.png\t1\t1\tab\tx\tCC0\n", "relative path inside DEST"),
+    (HEADER + "a.png\twide\t1\tab\tx\tCC0\n", "must be integers"),
+])
+def test_bad_manifest_is_one_line_naming_file_and_row(tmp_path: Path, body: str, reason: str) -> None:
+    tsv = tmp_path / "m.tsv"
+    tsv.write_text(body)
+    for argv in (["data", "fetch", str(tmp_path / "dest"), "--tsv", str(tsv)],
+                 ["data", "prepare", str(tmp_path), str(tmp_path / "out"), "--tsv", str(tsv)]):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tsv}") and reason in lines[0], result.output
+    missing = CliRunner().invoke(app, ["data", "fetch", str(tmp_path / "dest"), "--tsv", str(tmp_path / "no.tsv")])
+    assert missing.exit_code == 1 and f"error: {tmp_path / 'no.tsv'}: cannot read" in missing.output
 
 
 def test_sha256_verification_rejects_wrong_file(tmp_path: Path) -> None:
@@ -114,10 +129,10 @@ def test_fetch_verifies_skips_and_is_idempotent(tmp_path: Path, monkeypatch: pyt
     })
     calls: list[str] = []
 
-    def fake_download(self: photos.Apt, package: str, version: str, into: Path) -> Path:
+    def fake_download(self: Apt, package: str, version: str, into: Path) -> Path:
         calls.append(f"{self.suite}:{package}={version}")
         if package == "nosuch":
-            raise photos.FetchError("cannot download nosuch: E: Unable to locate package nosuch")
+            raise FetchError("cannot download nosuch: E: Unable to locate package nosuch")
         into.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy(deb, into))
 
@@ -125,11 +140,11 @@ def test_fetch_verifies_skips_and_is_idempotent(tmp_path: Path, monkeypatch: pyt
     fake_eet.write_text('#!/bin/sh\n[ "$1" = -x ] && [ "$3" = edje/images/0 ] && cp "$2" "$4"\n')
     fake_eet.chmod(0o755)
 
-    def fake_setup(self: photos.EetTool) -> None:
+    def fake_setup(self: EetTool) -> None:
         self._cmd, self._env = [str(fake_eet)], None
 
-    monkeypatch.setattr(photos.Apt, "download", fake_download)
-    monkeypatch.setattr(photos.EetTool, "_setup", fake_setup)
+    monkeypatch.setattr(Apt, "download", fake_download)
+    monkeypatch.setattr(EetTool, "_setup", fake_setup)
     sha = hashlib.sha256(good).hexdigest()
     tsv = _manifest(tmp_path / "m.tsv", [
         ("set/good.png", sha, "apt bookworm walls 1.0-1: /usr/share/w/good.png"),
@@ -155,6 +170,20 @@ def test_fetch_verifies_skips_and_is_idempotent(tmp_path: Path, monkeypatch: pyt
     again = fetch(dest, tsv, workdir=tmp_path / "work", log=lambda m: None)
     assert sorted(again.present) == ["set/good.png", "set/theme.jpg"] and again.fetched == ["set/largest.jpg"]
     assert calls == ["bookworm:walls=1.0-1", "trixie:nosuch=2.0"]
+
+
+def test_data_fetch_exits_2_and_names_what_it_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_such_package(self: Apt, package: str, version: str, into: Path) -> Path:
+        raise FetchError(f"cannot download {package}: E: Unable to locate package {package}")
+
+    monkeypatch.setattr(Apt, "download", no_such_package)
+    tsv = _manifest(tmp_path / "m.tsv", [("gone.png", "0" * 64, "apt bookworm nosuch 1.0: /usr/share/n.png"),
+                                         ("odd.png", "0" * 64, "wget http://example/odd.png")])
+    result = CliRunner().invoke(app, ["data", "fetch", str(tmp_path / "dest"), "--tsv", str(tsv),
+                                      "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 2, result.output
+    assert "got 0/2 photos" in result.output and "gone.png: cannot download nosuch" in result.output
+    assert "odd.png: source not understood" in result.output
 
 
 def test_wrapper_script_help() -> None:
@@ -260,10 +289,10 @@ def test_prepare_rejects_hash_mismatch_and_missing(small_pool: tuple[Path, Path]
     assert "sha256 mismatch" in report.skipped["barbara.png"] and "missing" in report.skipped["nothere.png"]
 
 
-def test_prepare_cli(small_pool: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = photos.main(["prepare", str(small_pool[0]), str(tmp_path / "cli"), "--tsv", "none",
-                      "--no-default-benchmarks"])
-    assert rc == 0 and "prepared 3 images" in capsys.readouterr().out
+def test_prepare_cli(small_pool: tuple[Path, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["data", "prepare", str(small_pool[0]), str(tmp_path / "cli"), "--tsv", "none",
+                                      "--no-default-benchmarks"])
+    assert result.exit_code == 0 and "prepared 3 images" in result.output
     assert len(HRPool(tmp_path / "cli")) == 3
 
 

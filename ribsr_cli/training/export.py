@@ -1,20 +1,26 @@
 """Ship a trained run: measure it with the eval protocol, copy its EMA weights into `weights/`, update the manifest.
 
-    python -m ribsr_cli.training.export runs/ribsr-s-x2 --name ribsr-s-x2 --default
-    python -m ribsr_cli.training.export --readme      # only re-render README's models table
+    ribsr export runs/ribsr-s-x2 --name ribsr-s-x2 --default
+    ribsr export runs/ribsr-s-real-x2 --name ribsr-s-real-x2   # a real-photo model
+    ribsr export --remeasure ribsr-s-x2   # add degraded scores, weights untouched
+    ribsr export --readme      # only re-render README's models table
+
+(`python -m ribsr_cli.training.export ...` runs the same command.) The flags live in
+`ribsr_cli/commands/export.py`; this module does the work.
 
 The manifest entry records what a user needs to trust and reproduce the file:
-architecture, parameter count, sha256, training data, steps, wall time and
-hardware, Set5/Set14 PSNR-Y/SSIM-Y beside bicubic, and CPU seconds per
-megapixel of input.
+architecture, parameter count, sha256, variant ("clean": bicubic-trained; "real": trained with
+`--degradation real`, read from the run's config.json, never the scale's default), training data, steps,
+wall time and hardware, Set5/Set14 PSNR-Y/SSIM-Y beside bicubic on the official LR (`metrics`) and on LR
+made by `ribsr eval --degrade real`'s recipe (`metrics_degraded`), and CPU seconds per megapixel of input.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -22,24 +28,32 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.checkpoint import load_model, save_model
-from ribsr_cli.engine.registry import manifest, weights_dir
+from ribsr_cli.catalog import manifest, sha256_file, source_weights_dir, weights_dir
+from ribsr_cli.errors import RibsrError
+
+
+
+class ExportError(RibsrError):
+    """A run cannot be shipped as asked (no benchmarks to measure on, too large, wrong flags, unknown name)."""
+
 
 TRAINING_DATA = ("83 freely licensed photographs from Debian packages (shared/training-photos.tsv), "
                  "Lanczos-halved, benchmark leak check passed")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def measure(model: Path | str, scale: int, benchmarks: Path, degrade: str = "none") -> dict:
+    """PSNR-Y/SSIM-Y on Set5 and Set14 for the model (a file or a shipped name) and bicubic.
 
-
-def measure(model_path: Path, scale: int, benchmarks: Path) -> dict:
-    """PSNR-Y/SSIM-Y on Set5 and Set14 (official LR) for the model and bicubic."""
+    degrade "none": the official LR files (`metrics`); "real": LR from `degrade_for_eval` (`metrics_degraded`).
+    """
     from ribsr_cli.engine.inference import make_upscaler
     from ribsr_cli.evaluation import discover_dataset, evaluate
 
-    name, fn = make_upscaler(str(model_path), scale, device="cpu")
+    name, fn = make_upscaler(str(model), scale, device="cpu")
     sets = [discover_dataset(benchmarks / s) for s in ("Set5", "Set14") if (benchmarks / s).is_dir()]
-    report = evaluate(sets, [scale], {name: fn})
+    if not sets:
+        raise ExportError(benchmarks, "no Set5/ or Set14/ folder; pass --benchmarks")
+    report = evaluate(sets, [scale], {name: fn}, degrade=degrade)
     metrics: dict = {}
     for r in report.results:
         key = "bicubic" if r.method == "bicubic" else "model"
@@ -65,19 +79,42 @@ def cpu_seconds_per_mp(model_path: Path, photo: Path, threads: int = 2) -> float
     return float(np.median(times)) / (img.shape[0] * img.shape[1] / 1e6)
 
 
+def _out_dir() -> Path:
+    """Where export writes: `$RIBSR_WEIGHTS_DIR` when set (a trial folder), else the git source `weights/`."""
+    return weights_dir() if os.environ.get("RIBSR_WEIGHTS_DIR") else source_weights_dir()
+
+
+def _write_manifest(out_dir: Path, models: list[dict]) -> None:
+    shipped = {"models": sorted(models, key=lambda m: (m["scale"], m.get("variant", "clean") != "clean", m["name"]))}
+    (out_dir / "MANIFEST.json").write_text(json.dumps(shipped, indent=2) + "\n")
+
+
+def _run_config(run: Path) -> dict:
+    path = run / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, hardware: str | None = None) -> dict:
     src = run / "ema.safetensors"
+    config = _run_config(run)
+    variant = "real" if config.get("degradation") == "real" else "clean"
+    if variant == "real" and default:
+        raise ExportError(run, "a real-photo model is never the default for its scale (drop --default); "
+                               "users pick it with -m real or --denoise")
+    init_from = Path(config["init_from"]).stem if config.get("init_from") else None
+    training_data = TRAINING_DATA + ("; degraded on the fly by ribsr's real-photo pipeline (training/degrade.py)"
+                                     if variant == "real" else "")
     model = load_model(src)
     prov = model.provenance  # type: ignore[attr-defined]
-    out_dir = weights_dir()
+    out_dir = _out_dir()
     out_dir.mkdir(exist_ok=True)
     target = out_dir / f"{name}.safetensors"
-    provenance = dict(prov, name=name, training_data=TRAINING_DATA, hardware=hardware or f"{platform.processor() or platform.machine()} CPU, 1 thread",
+    provenance = dict(prov, name=name, training_data=training_data, hardware=hardware or f"{platform.processor() or platform.machine()} CPU, 1 thread",
                       exported=time.strftime("%Y-%m-%d"))
     save_model(model, target, provenance)
     size_mb = target.stat().st_size / 2**20
     if size_mb > 20:
-        raise SystemExit(f"{target}: {size_mb:.1f} MB exceeds the 20 MB limit for shipped weights")
+        raise ExportError(target, f"{size_mb:.1f} MB exceeds the 20 MB limit for shipped weights")
     entry = {
         "name": name,
         "file": target.name,
@@ -85,22 +122,43 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
         "arch_name": prov.get("arch_name", "custom"),
         "arch": model.arch,
         "params": sum(p.numel() for p in model.parameters()),
-        "sha256": _sha256(target),
+        "sha256": sha256_file(target),
         "default": default,
-        "training": {"data": TRAINING_DATA, "steps": prov.get("steps"), "minutes": prov.get("minutes"),
+        "variant": variant,
+        "training": {"data": training_data, "steps": prov.get("steps"), "minutes": prov.get("minutes"),
                      "hardware": provenance["hardware"], "seed": prov.get("seed"),
-                     "reproduce": f"scripts/train_shipped.sh (stage {run.name})"},
+                     "reproduce": f"scripts/{'train_real' if variant == 'real' else 'train_shipped'}.sh "
+                                  f"(stage {run.name})"},
         "metrics": measure(target, model.scale, benchmarks),
+        "metrics_degraded": measure(target, model.scale, benchmarks, degrade="real"),
         "cpu_seconds_per_input_mp": round(cpu_seconds_per_mp(target, photo), 2),
     }
+    if init_from:
+        entry["training"]["init_from"] = init_from
     models = [m for m in manifest() if m["name"] != name]
     if default:
         for m in models:
             if m["scale"] == entry["scale"]:
                 m["default"] = False
     models.append(entry)
-    shipped = {"models": sorted(models, key=lambda m: (m["scale"], m["name"]))}
-    (out_dir / "MANIFEST.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    _write_manifest(out_dir, models)
+    return entry
+
+
+def remeasure(name: str, benchmarks: Path) -> dict:
+    """Add `metrics_degraded` (and `variant`, "clean" when unset) to a shipped model's manifest entry.
+
+    The weights are loaded by name, so their sha256 is checked first; file, sha256 and the other fields stay
+    as they are.
+    """
+    models = manifest()
+    entry = next((m for m in models if m["name"].lower() == name.lower()), None)
+    if entry is None:
+        raise ExportError(name, f"not in {weights_dir() / 'MANIFEST.json'} "
+                                f"(shipped: {', '.join(m['name'] for m in models) or 'none'})")
+    entry.setdefault("variant", "clean")
+    entry["metrics_degraded"] = measure(entry["name"], int(entry["scale"]), benchmarks, degrade="real")
+    _write_manifest(_out_dir(), models)
     return entry
 
 
@@ -110,17 +168,24 @@ README_MARKERS = ("<!-- models-table -->", "<!-- /models-table -->")
 def models_table(models: list[dict]) -> str:
     """README's table of shipped models, rendered from the manifest so the docs cannot drift from the measurements."""
     rows = ["| model | scale | params | Set5 PSNR-Y / SSIM-Y (bicubic) | Set14 PSNR-Y / SSIM-Y (bicubic) "
+            "| degraded Set5 PSNR-Y / SSIM-Y (bicubic) | degraded Set14 PSNR-Y / SSIM-Y (bicubic) "
             "| CPU s / input MP | training |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in models:
         cells = []
-        for ds in ("Set5", "Set14"):
-            r = m["metrics"].get(ds)
-            cells.append(f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f} ({r['bicubic_psnr_y']:.2f})" if r else "n/a")
+        for key in ("metrics", "metrics_degraded"):
+            for ds in ("Set5", "Set14"):
+                r = m.get(key, {}).get(ds)
+                cells.append(f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f} ({r['bicubic_psnr_y']:.2f})" if r else "n/a")
         t = m["training"]
-        rows.append(f"| `{m['name']}`{' (default)' if m.get('default') else ''} | ×{m['scale']} "
-                    f"| {m['params'] / 1e6:.2f} M | {cells[0]} | {cells[1]} | {m['cpu_seconds_per_input_mp']:.2f} "
-                    f"| {t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']} |")
+        tags = [tag for tag, on in (("default", m.get("default")), ("real photos", m.get("variant") == "real")) if on]
+        steps = f"{t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']}"
+        if t.get("init_from"):
+            steps += f", fine-tuned from `{t['init_from']}`"
+        label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")
+        rows.append(f"| {label} | ×{m['scale']} "
+                    f"| {m['params'] / 1e6:.2f} M | {' | '.join(cells)} | {m['cpu_seconds_per_input_mp']:.2f} "
+                    f"| {steps} |")
     return "\n".join(rows)
 
 
@@ -136,25 +201,15 @@ def update_readme(readme: Path, models: list[dict]) -> bool:
     return True
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, nargs="?", help="run folder holding ema.safetensors")
-    ap.add_argument("--name")
-    ap.add_argument("--readme", action="store_true", help="only re-render README's models table from the manifest")
-    ap.add_argument("--default", action="store_true", help="make it the default model for its scale")
-    ap.add_argument("--benchmarks", type=Path, default=Path("../shared/benchmarks"))
-    ap.add_argument("--photo", type=Path, default=Path("examples/astronaut.png"), help="photo for the CPU timing")
-    ap.add_argument("--hardware", help="what the run trained on, when not one CPU thread throughout")
-    args = ap.parse_args()
-    readme = weights_dir().parent / "README.md"
-    if args.readme:
-        raise SystemExit(0 if update_readme(readme, manifest()) else f"{readme}: models-table markers not found")
-    if args.run is None or not args.name:
-        ap.error("give a run folder and --name (or --readme)")
-    entry = export(args.run, args.name, args.default, args.benchmarks, args.photo, args.hardware)
-    print(json.dumps({k: entry[k] for k in ("name", "scale", "params", "sha256", "metrics", "cpu_seconds_per_input_mp")}, indent=2))
-    update_readme(readme, manifest())
+def readme_path() -> Path:
+    """The README whose models table export re-renders: the repository's, or the trial folder's when
+    `RIBSR_WEIGHTS_DIR` is set (a trial manifest must not reach the committed README)."""
+    if os.environ.get("RIBSR_WEIGHTS_DIR"):
+        return Path(os.environ["RIBSR_WEIGHTS_DIR"]) / "README.md"
+    return source_weights_dir().parent / "README.md"
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the older spelling of `ribsr export`, kept for scripts that use it
+    from ribsr_cli.cli import app
+
+    app(["export", *sys.argv[1:]], prog_name="python -m ribsr_cli")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ribsr_cli.training.photos import IMAGE_SUFFIXES, shared_dir
+from ribsr_cli.paths import IMAGE_SUFFIXES, benchmarks_dir
 
 COARSE_SIDE = 32  # template long side for the sliding search, px
 FINE_SIDE = 128  # template long side for verification, px
@@ -270,7 +270,7 @@ def benchmark_files(folder: Path) -> list[Path]:
 
 def default_benchmark_dirs() -> list[Path]:
     """The shared benchmark sets' HR folders (Set5, Set14), where present."""
-    return sorted(p for p in (shared_dir() / "benchmarks").glob("*/HR") if p.is_dir())
+    return sorted(p for p in benchmarks_dir().glob("*/HR") if p.is_dir())
 
 
 def _as_gray(image: np.ndarray | Image.Image | str | Path) -> _Gray:
