@@ -1,0 +1,436 @@
+"""Synthetic real-world degradations: what a photographer's JPEG did to the scene before ribsr sees it.
+
+The shipped models learn from clean MATLAB-bicubic LR; phone and camera files also carry optical and
+demosaicing blur, sensor noise, resampling and JPEG blocking. This module makes such LR on the fly for
+training, following the *structure* described in the Real-ESRGAN paper (Wang et al. 2021, "high-order"
+degradation: the classical blur → resize → noise → JPEG chain applied twice, with a 2-D sinc filter for
+ringing) and the BSRGAN paper (Zhang et al. 2021: random kernels, random resize modes, Gaussian noise in colour
+and grey). It is written from those descriptions; the ranges are ribsr's own (see `DegradationConfig`).
+
+Everything random is drawn from a numpy `Generator` on the CPU, so one seed gives the same LR bit for bit
+whatever the device doing the arithmetic (torch ops on the tensor's own device; JPEG goes through Pillow's
+libjpeg encoder and decoder on the CPU, because only a real encoder makes real blocking).
+
+`degrade_for_eval` is the one fixed recipe that `ribsr eval --degrade real` and the trainer's validation score
+against: its parameters are module constants below, documented where they are defined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DEGRADATIONS = ("bicubic", "real")
+RESIZE_MODES = ("area", "bilinear", "bicubic")
+KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+
+Seed = Union[int, np.random.Generator]
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Every probability and range of the training degradation, in one place.
+
+    Why these ranges are milder than Real-ESRGAN's: ribsr's models are 0.12 M-parameter, PSNR-oriented (L1)
+    photo upscalers for camera and phone files, not a GAN restoring heavily damaged web images. A tiny model
+    trained on extreme damage learns to smear everything; trained on the mild-to-moderate range that real
+    camera JPEGs show (a pixel or two of optical/demosaic blur, a few levels of sensor noise, JPEG quality
+    50-95), it removes that damage and still keeps the detail of clean-ish inputs. The low ends of the
+    ranges reach almost-clean samples on purpose, so the model does not invent smoothing where none is needed.
+
+    Sigmas and the first-order resize are in HR pixels; second-order resize factors are relative to the
+    target LR size. Noise sigmas are on the 0..1 scale (10/255 = ten 8-bit levels).
+    """
+
+    # ---- first order (on the HR image) -------------------------------------------------------------------
+    #: odd kernel sides drawn uniformly from this range; a wide sigma cut by a small window gives the
+    #: box-like, truncated kernels real optics and demosaicing also produce
+    kernel_size_range: tuple[int, int] = (7, 21)
+    #: probability of each kernel family (iso/aniso Gaussian, generalized Gaussian, plateau), summing to 1;
+    #: mostly isotropic because defocus and anti-alias filters are; anisotropic ones stand for slight motion
+    kernel_probs: tuple[float, ...] = (0.50, 0.20, 0.10, 0.05, 0.10, 0.05)
+    #: Gaussian sigma (per axis for anisotropic kernels), HR pixels: 2.5 at most (~1.2 LR px at x2)
+    blur_sigma_first: tuple[float, float] = (0.2, 2.5)
+    #: shape exponent of the generalized Gaussian exp(-0.5 * d^beta): < 1 peaky with long tails, > 1 flat-topped
+    generalized_beta: tuple[float, float] = (0.5, 4.0)
+    #: exponent of the plateau kernel 1 / (1 + d^beta): a flat top with heavy tails (lens glow)
+    plateau_beta: tuple[float, float] = (1.0, 2.0)
+    #: probability that the first blur is a 2-D sinc (ideal circular low-pass) instead: ringing, as from sharpening
+    sinc_prob_first: float = 0.1
+    #: probability of resizing up / down / not at all in the first order
+    resize_probs_first: tuple[float, float, float] = (0.2, 0.6, 0.2)
+    #: factor range of the first-order resize (relative to the HR size): at most 2x coarser, 1.5x finer
+    resize_range_first: tuple[float, float] = (0.5, 1.5)
+    #: probability of adding noise in the first order; sigma ranges start near zero, so some samples stay clean
+    noise_prob_first: float = 1.0
+    #: Gaussian (vs Poisson) noise probability; grey (luminance-only, same in every channel) vs colour noise
+    gaussian_noise_prob: float = 0.5
+    grey_noise_prob: float = 0.4
+    #: Gaussian noise sigma of the first order (0..1 scale): up to 10 levels at HR, which the downscale averages down
+    noise_sigma_first: tuple[float, float] = (1 / 255, 10 / 255)
+    #: Poisson (shot) noise as photons at full white, drawn log-uniformly: the std at mid-grey is sqrt(0.5/peak),
+    #: 325 photons ≈ 10/255 and 30000 ≈ 1/255; darker pixels get less noise, as on a sensor
+    poisson_peak_first: tuple[float, float] = (325.0, 30000.0)
+    #: JPEG quality of the first order (only applied when a second order follows; otherwise the final JPEG is it)
+    jpeg_prob_first: float = 0.9
+    jpeg_quality_first: tuple[int, int] = (60, 95)
+
+    # ---- second order (on a roughly LR-sized image) -------------------------------------------------------
+    #: probability that the second blur → resize → noise → JPEG round happens at all (a re-saved, re-scaled file)
+    second_order_prob: float = 0.5
+    blur_prob_second: float = 0.8
+    blur_sigma_second: tuple[float, float] = (0.2, 1.2)
+    sinc_prob_second: float = 0.1
+    resize_probs_second: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    #: factor relative to the target LR size; the final resize then brings it to that size exactly
+    resize_range_second: tuple[float, float] = (0.75, 1.25)
+    noise_prob_second: float = 0.8
+    #: smaller than the first order: this noise lands near the LR resolution and is not averaged away
+    noise_sigma_second: tuple[float, float] = (1 / 255, 6 / 255)
+    poisson_peak_second: tuple[float, float] = (900.0, 30000.0)
+
+    # ---- final step -------------------------------------------------------------------------------------
+    #: probability of a 2-D sinc filter on the LR (ringing / over-sharpening halos), and its cutoff range
+    #: in radians per pixel (pi = no filtering); sinc_cutoff_blur is the range of the sinc that replaces a blur
+    #: kernel in either order (on the larger image, so it may cut lower)
+    sinc_prob_final: float = 0.3
+    sinc_cutoff_final: tuple[float, float] = (0.6 * math.pi, math.pi)
+    sinc_cutoff_blur: tuple[float, float] = (math.pi / 3, math.pi)
+    #: probability of the last JPEG, and its quality: camera and phone files are typically saved at 70-95,
+    #: messaging apps and web re-saves lower
+    jpeg_prob_final: float = 0.9
+    jpeg_quality_final: tuple[int, int] = (50, 95)
+    #: probability that the final [resize to LR + sinc] comes before the last JPEG (else after), as published
+    resize_before_jpeg_prob: float = 0.5
+    #: probability that a bilinear/bicubic downscale low-passes first (torch's antialias). The published
+    #: pipelines never do, which aliases hard; cameras (optical low-pass, demosaic) and photo software mostly do
+    antialias_prob: float = 0.7
+
+    def __post_init__(self) -> None:
+        if len(self.kernel_probs) != len(KERNEL_KINDS) or not math.isclose(sum(self.kernel_probs), 1.0):
+            raise ValueError(f"kernel_probs needs {len(KERNEL_KINDS)} probabilities summing to 1")
+        for name in ("resize_probs_first", "resize_probs_second"):
+            if not math.isclose(sum(getattr(self, name)), 1.0):
+                raise ValueError(f"{name} must sum to 1")
+        lo, hi = self.kernel_size_range
+        if lo < 3 or lo % 2 == 0 or hi % 2 == 0 or hi < lo:
+            raise ValueError("kernel_size_range must be odd sides, 3 or more")
+
+
+DEFAULT_CONFIG = DegradationConfig()
+
+
+def as_generator(seed: Seed) -> np.random.Generator:
+    """A numpy Generator from an int seed, or the Generator itself (its state then advances)."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+# ---- kernels (numpy float64, normalised to sum 1) --------------------------------------------------------
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    r = np.arange(size, dtype=np.float64) - size // 2
+    return np.meshgrid(r, r, indexing="ij")  # (y, x)
+
+
+def _mahalanobis_sq(size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
+    """x^T Sigma^-1 x on the kernel grid, Sigma = R diag(sx^2, sy^2) R^T rotated by theta."""
+    y, x = _grid(size)
+    c, s = math.cos(theta), math.sin(theta)
+    u = c * x + s * y  # coordinates along the kernel's own axes
+    v = -s * x + c * y
+    return (u / sigma_x) ** 2 + (v / sigma_y) ** 2
+
+
+def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0) -> np.ndarray:
+    """(An)isotropic Gaussian exp(-d^2/2), d the Mahalanobis distance; isotropic when sigma_y is None."""
+    d2 = _mahalanobis_sq(size, sigma_x, sigma_x if sigma_y is None else sigma_y, theta)
+    k = np.exp(-0.5 * d2)
+    return k / k.sum()
+
+
+def generalized_gaussian_kernel(size: int, sigma_x: float, sigma_y: float, theta: float, beta: float) -> np.ndarray:
+    """exp(-0.5 * (d^2)^beta): beta = 1 is the Gaussian, smaller is peakier, larger is flatter-topped."""
+    k = np.exp(-0.5 * _mahalanobis_sq(size, sigma_x, sigma_y, theta) ** beta)
+    return k / k.sum()
+
+
+def plateau_kernel(size: int, sigma_x: float, sigma_y: float, theta: float, beta: float) -> np.ndarray:
+    """1 / (1 + (d^2)^beta): flat near the centre, decaying only polynomially (a soft glow)."""
+    k = 1.0 / (1.0 + _mahalanobis_sq(size, sigma_x, sigma_y, theta) ** beta)
+    return k / k.sum()
+
+
+def sinc_kernel(size: int, cutoff: float) -> np.ndarray:
+    """The ideal circular low-pass with cutoff `cutoff` rad/pixel, truncated to size x size and renormalised.
+
+    Its impulse response is cutoff * J1(cutoff * r) / (2 pi r), with the limit cutoff^2 / (4 pi) at r = 0.
+    """
+    y, x = _grid(size)
+    r = np.hypot(x, y)
+    j1 = torch.special.bessel_j1(torch.from_numpy(cutoff * r)).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(r > 0, cutoff * j1 / (2 * math.pi * r), cutoff**2 / (4 * math.pi))
+    return k / k.sum()
+
+
+def random_kernel(rng: np.random.Generator, cfg: DegradationConfig, sigma_range: tuple[float, float],
+                  sinc_prob: float) -> np.ndarray:
+    """One blur kernel: a sinc with probability `sinc_prob`, else a family drawn by cfg.kernel_probs."""
+    lo, hi = cfg.kernel_size_range
+    size = int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1
+    if rng.random() < sinc_prob:
+        return sinc_kernel(size, float(rng.uniform(*cfg.sinc_cutoff_blur)))
+    kind = KERNEL_KINDS[int(rng.choice(len(KERNEL_KINDS), p=np.asarray(cfg.kernel_probs)))]
+    sx = float(rng.uniform(*sigma_range))
+    iso = kind.endswith("iso") and not kind.endswith("aniso")
+    sy = sx if iso else float(rng.uniform(*sigma_range))
+    theta = 0.0 if iso else float(rng.uniform(-math.pi, math.pi))
+    if kind.startswith("generalized"):
+        return generalized_gaussian_kernel(size, sx, sy, theta, float(rng.uniform(*cfg.generalized_beta)))
+    if kind.startswith("plateau"):
+        return plateau_kernel(size, sx, sy, theta, float(rng.uniform(*cfg.plateau_beta)))
+    return gaussian_kernel(size, sx, sy, theta)
+
+
+# ---- operators on (N, C, H, W) float tensors in [0, 1] -----------------------------------------------------
+
+def filter2d(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Correlate every channel with `kernel` (odd square), reflect-padded so the size is kept.
+
+    Done by FFT: a 21x21 kernel on a 192x192 crop is ~4x faster than conv2d's single-channel path on a CPU
+    core, and the pipeline's speed is the training step's data cost. Equal to conv2d to ~1e-6.
+    """
+    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    pad = k.shape[-1] // 2
+    n, c, h, w = x.shape
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    padded = F.pad(x.reshape(n * c, 1, h, w), (pad, pad, pad, pad), mode=mode)[:, 0]
+    size = tuple(padded.shape[-2:])
+    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(k.flip(0, 1), s=size)
+    full = torch.fft.irfft2(spectrum, s=size)  # circular convolution; the valid part starts at 2 * pad
+    return full[:, 2 * pad:2 * pad + h, 2 * pad:2 * pad + w].reshape(n, c, h, w).contiguous()
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
+    """Resize to (h, w) with torch's area / bilinear / bicubic; antialias only matters when shrinking."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "area":
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
+
+
+def gaussian_noise(x: torch.Tensor, sigma: float, rng: np.random.Generator, grey: bool = False) -> torch.Tensor:
+    """Add N(0, sigma^2) noise, independent per channel, or one field shared by all channels when grey."""
+    n, c, h, w = x.shape
+    field = rng.standard_normal((n, 1 if grey else c, h, w), dtype=np.float32) * np.float32(sigma)
+    return x + torch.from_numpy(field).to(device=x.device, dtype=x.dtype)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def poisson_noise(x: torch.Tensor, peak: float, rng: np.random.Generator, grey: bool = False) -> torch.Tensor:
+    """Shot noise: each value becomes Poisson(value * peak) / peak, so its variance is value / peak.
+
+    Grey noise draws the counts on the luminance and adds the same deviation to every channel.
+    """
+    base = _luma(x) if grey else x
+    lam = base.clamp(0, 1).detach().cpu().double().numpy() * peak
+    counts = rng.poisson(lam).astype(np.float64) / peak
+    deviation = torch.from_numpy(counts - lam / peak).to(device=x.device, dtype=x.dtype)
+    return x + deviation
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to the 256 levels a file stores (half away from zero, as a saver does)."""
+    return x.clamp(0, 1).mul(255).add(0.5).floor().to(torch.uint8)
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode each image with Pillow's libjpeg at `quality` (4:2:0 chroma, as cameras save)."""
+    out = []
+    for img in to_uint8(x).cpu():
+        arr = img.permute(1, 2, 0).numpy()
+        pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=int(quality), subsampling=2 if arr.shape[2] == 3 else 0)
+        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+        out.append(torch.from_numpy(decoded.reshape(arr.shape).copy()).permute(2, 0, 1))
+    return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255.0
+
+
+# ---- the pipeline ----------------------------------------------------------------------------------------
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _random_mode(rng: np.random.Generator) -> str:
+    return RESIZE_MODES[int(rng.integers(len(RESIZE_MODES)))]
+
+
+def _random_resize(x: torch.Tensor, base: tuple[int, int], probs: tuple[float, float, float],
+                   factor_range: tuple[float, float], rng: np.random.Generator, cfg: DegradationConfig) -> torch.Tensor:
+    """Resize to base * f, f drawn above 1 (up), below 1 (down) or 1 (keep) with `probs`."""
+    direction = int(rng.choice(3, p=np.asarray(probs)))
+    lo, hi = factor_range
+    factor = float(rng.uniform(1.0, hi)) if direction == 0 else float(rng.uniform(lo, 1.0)) if direction == 1 else 1.0
+    mode = _random_mode(rng)
+    antialias = bool(rng.random() < cfg.antialias_prob)
+    size = (max(4, round(base[0] * factor)), max(4, round(base[1] * factor)))
+    return resize(x, size, mode, antialias)
+
+
+def _random_noise(x: torch.Tensor, sigma_range: tuple[float, float], peak_range: tuple[float, float],
+                  rng: np.random.Generator, cfg: DegradationConfig) -> torch.Tensor:
+    grey = bool(rng.random() < cfg.grey_noise_prob)
+    if rng.random() < cfg.gaussian_noise_prob:
+        return gaussian_noise(x, float(rng.uniform(*sigma_range)), rng, grey)
+    return poisson_noise(x, _log_uniform(rng, *peak_range), rng, grey)
+
+
+def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = DEFAULT_CONFIG) -> torch.Tensor:
+    """One HR image (C, H, W) or batch (N, C, H, W), float in [0, 1], → its degraded LR, float on 256 levels.
+
+    The LR is (ceil(H/scale), ceil(W/scale)), the bicubic protocol's size. A batch shares one draw of
+    every random choice; call per image (or `degrade_batch`) for independent samples. Order of operations:
+      first order:  blur (kernel or sinc) → random resize → noise → [JPEG, only if a second order follows]
+      second order (cfg.second_order_prob): blur → resize to LR size × f → noise
+      final:        [resize to the LR size + optional sinc] and the last JPEG, in random order.
+    """
+    rng = as_generator(seed)
+    single = hr.dim() == 3
+    x = hr[None] if single else hr
+    if not x.is_floating_point():
+        raise TypeError(f"degrade takes a float tensor in [0, 1], got {x.dtype}")
+    h, w = x.shape[-2:]
+    lr_size = (math.ceil(h / scale), math.ceil(w / scale))
+
+    x = filter2d(x, random_kernel(rng, cfg, cfg.blur_sigma_first, cfg.sinc_prob_first))
+    x = _random_resize(x, (h, w), cfg.resize_probs_first, cfg.resize_range_first, rng, cfg)
+    if rng.random() < cfg.noise_prob_first:
+        x = _random_noise(x, cfg.noise_sigma_first, cfg.poisson_peak_first, rng, cfg)
+    if rng.random() < cfg.second_order_prob:
+        if rng.random() < cfg.jpeg_prob_first:
+            x = jpeg(x, int(rng.integers(cfg.jpeg_quality_first[0], cfg.jpeg_quality_first[1] + 1)))
+        if rng.random() < cfg.blur_prob_second:
+            x = filter2d(x, random_kernel(rng, cfg, cfg.blur_sigma_second, cfg.sinc_prob_second))
+        x = _random_resize(x, lr_size, cfg.resize_probs_second, cfg.resize_range_second, rng, cfg)
+        if rng.random() < cfg.noise_prob_second:
+            x = _random_noise(x, cfg.noise_sigma_second, cfg.poisson_peak_second, rng, cfg)
+
+    # every draw of the final step happens up front, so the two orders consume the generator alike
+    resize_first = rng.random() < cfg.resize_before_jpeg_prob
+    mode, antialias = _random_mode(rng), bool(rng.random() < cfg.antialias_prob)
+    sinc = None
+    if rng.random() < cfg.sinc_prob_final:
+        lo, hi = cfg.kernel_size_range
+        sinc = sinc_kernel(int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1, float(rng.uniform(*cfg.sinc_cutoff_final)))
+    quality = int(rng.integers(cfg.jpeg_quality_final[0], cfg.jpeg_quality_final[1] + 1))
+    use_jpeg = rng.random() < cfg.jpeg_prob_final
+
+    def to_lr(t: torch.Tensor) -> torch.Tensor:
+        t = resize(t, lr_size, mode, antialias)
+        return filter2d(t, sinc) if sinc is not None else t
+
+    if resize_first:
+        x = to_lr(x)
+    if use_jpeg:
+        x = jpeg(x, quality)
+    if not resize_first:
+        x = to_lr(x)
+    x = to_uint8(x).to(hr.dtype) / 255.0
+    return x[0] if single else x
+
+
+def degrade_batch(hr_uint8: torch.Tensor, scale: int, rng: np.random.Generator,
+                  cfg: DegradationConfig = DEFAULT_CONFIG) -> torch.Tensor:
+    """(N, C, H, W) uint8 HR crops → (N, C, h, w) uint8 LR, each crop with its own seed drawn from `rng`.
+
+    A per-sample seed keeps sample i reproducible on its own (the grid and the tests rely on it).
+    """
+    seeds = rng.integers(0, 2**63 - 1, size=hr_uint8.shape[0])
+    hr = hr_uint8.float() / 255.0
+    lrs = [degrade(img, scale, int(s), cfg) for img, s in zip(hr, seeds)]
+    return torch.stack([to_uint8(lr) for lr in lrs])
+
+
+# ---- the fixed evaluation recipe --------------------------------------------------------------------------
+
+#: Gaussian blur on the HR image before downscaling (camera optics + demosaicing), HR pixels, 7x7 kernel
+EVAL_BLUR_SIGMA = 0.8
+#: Gaussian colour noise added to the LR, 0..1 scale (4 levels of 255: a clean-ish ISO 400-800 phone shot)
+EVAL_NOISE_SIGMA = 4 / 255
+#: JPEG quality of the saved LR (Pillow/libjpeg, 4:2:0 chroma subsampling, no optimisation flags)
+EVAL_JPEG_QUALITY = 80
+
+
+def _eval_seed(hr: np.ndarray, scale: int) -> int:
+    """A seed from the image's bytes, shape and scale: the same image always gets the same noise."""
+    digest = hashlib.sha256(f"ribsr-eval-degrade|{hr.shape}|{scale}|".encode() + hr.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _separable_blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an (H, W, C) float64 array, reflect-padded, as two 1-D passes of explicit sums.
+
+    numpy's fixed summation order makes it bit-identical on every machine (a conv library might not be).
+    """
+    radius = math.ceil(3 * sigma)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (0, 1):
+        pad = [(0, 0)] * img.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(img, pad, mode="reflect" if img.shape[axis] > radius else "edge")
+        n = img.shape[axis]
+        out = np.zeros_like(img)
+        for i, t in enumerate(taps):
+            out += t * np.take(padded, np.arange(i, i + n), axis=axis)
+        img = out
+    return img
+
+
+def degrade_for_eval(hr_uint8: np.ndarray, scale: int) -> np.ndarray:
+    """The documented real-photo recipe: HR (H, W[, C]) uint8 → LR uint8 of the bicubic protocol's size.
+
+    1. mod-crop the HR to a multiple of `scale` (as the bicubic protocol does);
+    2. Gaussian blur, sigma EVAL_BLUR_SIGMA = 0.8 HR px (7x7 taps, reflect borders), rounded to uint8;
+    3. MATLAB-exact bicubic downscale by 1/scale (`imaging.resize.imresize`, antialiased, uint8 per pass);
+    4. Gaussian colour noise, sigma EVAL_NOISE_SIGMA = 4/255, from a seed hashed from the HR bytes, shape and
+       scale (numpy PCG64), rounded half up and clipped to uint8;
+    5. JPEG at quality EVAL_JPEG_QUALITY = 80 with Pillow (4:2:0), decoded back.
+    The values sit inside the training ranges (blur 0.2-2.5, second-order noise up to 6/255, JPEG 50-95).
+    """
+    from ribsr_cli.imaging.resize import imresize_np, modcrop
+
+    if hr_uint8.dtype != np.uint8 or hr_uint8.ndim not in (2, 3):
+        raise ValueError(f"degrade_for_eval takes an HxW or HxWxC uint8 image, got {hr_uint8.dtype} {hr_uint8.shape}")
+    hr = np.ascontiguousarray(modcrop(hr_uint8, scale))
+    work = hr[..., None] if hr.ndim == 2 else hr
+    blurred = _separable_blur_np(work.astype(np.float64), EVAL_BLUR_SIGMA)
+    blurred_u8 = np.clip(np.floor(blurred + 0.5), 0, 255).astype(np.uint8)
+    lr = imresize_np(blurred_u8, 1.0 / scale)
+    rng = np.random.default_rng(_eval_seed(hr, scale))
+    noisy = lr.astype(np.float64) + rng.standard_normal(lr.shape) * (EVAL_NOISE_SIGMA * 255)
+    noisy_u8 = np.clip(np.floor(noisy + 0.5), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(noisy_u8[..., 0] if noisy_u8.shape[2] == 1 else noisy_u8)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=EVAL_JPEG_QUALITY, subsampling=2 if noisy_u8.shape[2] == 3 else 0)
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(noisy_u8.shape)
+    return out.copy() if hr_uint8.ndim == 3 else out.reshape(out.shape[:2]).copy()

@@ -1,0 +1,262 @@
+"""The real-photo degradation pipeline: each operator against a hand-computed case, seeds, the eval recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import BENCHMARKS, REPO
+from ribsr_cli.imaging.metrics import psnr
+from ribsr_cli.imaging.resize import bicubic_degrade, imresize
+from ribsr_cli.training.degrade import (
+    DegradationConfig,
+    degrade,
+    degrade_batch,
+    degrade_for_eval,
+    filter2d,
+    gaussian_kernel,
+    gaussian_noise,
+    generalized_gaussian_kernel,
+    jpeg,
+    plateau_kernel,
+    poisson_noise,
+    random_kernel,
+    resize,
+    sinc_kernel,
+    to_uint8,
+)
+
+EXAMPLES = sorted(p for p in (REPO / "examples").iterdir() if p.suffix.lower() in (".png", ".jpg"))
+
+
+def _photo(name: str = "chelsea.png", size: int | None = None) -> np.ndarray:
+    img = np.asarray(Image.open(REPO / "examples" / name).convert("RGB"))
+    return np.ascontiguousarray(img[:size, :size] if size else img)
+
+
+def _tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (3, H, W) float in [0, 1]."""
+    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------
+
+def test_isotropic_kernel_is_the_explicit_gaussian() -> None:
+    size, sigma = 9, 1.3
+    explicit = np.array([[math.exp(-((i - 4) ** 2 + (j - 4) ** 2) / (2 * sigma**2)) for j in range(size)]
+                         for i in range(size)])
+    explicit /= explicit.sum()
+    k = gaussian_kernel(size, sigma)
+    np.testing.assert_allclose(k, explicit, rtol=1e-12)
+    assert k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(k, k.T, rtol=1e-12)
+    np.testing.assert_allclose(k, k[::-1], rtol=1e-12)
+
+
+def test_anisotropic_kernel_orientation_and_spread() -> None:
+    wide_x = gaussian_kernel(41, 4.0, 1.5, 0.0)
+    assert wide_x.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(wide_x, wide_x[::-1, ::-1], atol=1e-15)  # point-symmetric
+    r = np.arange(41) - 20
+    var_x = (wide_x.sum(axis=0) * r**2).sum()  # second moment along columns (x)
+    var_y = (wide_x.sum(axis=1) * r**2).sum()
+    assert var_x == pytest.approx(16.0, rel=1e-3) and var_y == pytest.approx(2.25, rel=1e-3)
+    # a quarter turn swaps the two axes
+    np.testing.assert_allclose(gaussian_kernel(41, 4.0, 1.5, math.pi / 2), gaussian_kernel(41, 1.5, 4.0, 0.0),
+                               atol=1e-12)
+
+
+def test_generalized_and_plateau_kernels() -> None:
+    np.testing.assert_allclose(generalized_gaussian_kernel(11, 1.7, 1.7, 0.3, 1.0), gaussian_kernel(11, 1.7),
+                               rtol=1e-10)
+    # plateau with beta 1 is 1 / (1 + d^2/sigma^2), written out by hand
+    d2 = np.add.outer((np.arange(7) - 3.0) ** 2, (np.arange(7) - 3.0) ** 2) / 2.0**2
+    explicit = 1 / (1 + d2)
+    np.testing.assert_allclose(plateau_kernel(7, 2.0, 2.0, 0.0, 1.0), explicit / explicit.sum(), rtol=1e-12)
+    for k in (generalized_gaussian_kernel(15, 2.0, 1.0, 0.7, 0.5), plateau_kernel(15, 2.0, 1.0, 0.7, 1.5)):
+        assert k.sum() == pytest.approx(1.0) and (k > 0).all()
+        np.testing.assert_allclose(k, k[::-1, ::-1], atol=1e-15)
+    # peaky generalized (beta < 1) and plateau kernels keep more weight far out than the Gaussian
+    g = gaussian_kernel(15, 2.0)
+    assert generalized_gaussian_kernel(15, 2.0, 2.0, 0.0, 0.5)[0, 7] > g[0, 7]
+    assert plateau_kernel(15, 2.0, 2.0, 0.0, 1.0)[0, 7] > g[0, 7]
+
+
+def _bessel_j1(x: float) -> float:
+    """J1 from its integral form (1/pi) int_0^pi cos(t - x sin t) dt, by the trapezoid rule (independent of torch)."""
+    t = np.linspace(0.0, math.pi, 20001)
+    return float(np.trapezoid(np.cos(t - x * np.sin(t)), t) / math.pi)
+
+
+def test_sinc_kernel_is_a_circular_low_pass() -> None:
+    cutoff = math.pi / 2
+    k = sinc_kernel(21, cutoff)
+    assert k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(k, k.T, atol=1e-15)
+    np.testing.assert_allclose(k, k[::-1], atol=1e-15)
+    # neighbour / centre = [c J1(c r) / (2 pi r)] / [c^2 / (4 pi)] = 2 J1(c) / c at r = 1, and at r = sqrt(2)
+    assert k[10, 11] / k[10, 10] == pytest.approx(2 * _bessel_j1(cutoff) / cutoff, rel=1e-6)
+    assert k[11, 11] / k[10, 10] == pytest.approx(2 * _bessel_j1(cutoff * math.sqrt(2)) / (cutoff * math.sqrt(2)),
+                                                  rel=1e-6)
+    # the frequency response passes well below the cutoff and stops well above it
+    response = np.abs(np.fft.fft2(sinc_kernel(41, cutoff), s=(256, 256)))
+    omega = lambda f: int(round(f / (2 * math.pi) * 256))  # noqa: E731 - bin of an angular frequency
+    assert response[omega(0.2 * math.pi), 0] > 0.95
+    assert response[omega(0.8 * math.pi), 0] < 0.05
+
+
+def test_random_kernels_are_normalised_and_odd() -> None:
+    rng = np.random.default_rng(3)
+    cfg = DegradationConfig()
+    for _ in range(50):
+        k = random_kernel(rng, cfg, cfg.blur_sigma_first, 0.3)
+        assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1 and 7 <= k.shape[0] <= 21
+        assert k.sum() == pytest.approx(1.0)
+
+
+def test_config_is_frozen_and_checked() -> None:
+    cfg = DegradationConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.second_order_prob = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="kernel_probs"):
+        DegradationConfig(kernel_probs=(0.5, 0.5))
+    with pytest.raises(ValueError, match="resize_probs_first"):
+        DegradationConfig(resize_probs_first=(0.5, 0.6, 0.1))
+
+
+# ---- operators ----------------------------------------------------------------------------------------------
+
+def test_filter2d_equals_a_direct_convolution() -> None:
+    x = _tensor(_photo(size=64))[None]
+    kernel = plateau_kernel(11, 2.0, 0.8, 0.4, 1.3)
+    kernel[0, 2] += 0.05  # no symmetry left: catches a flipped kernel
+    ref = F.conv2d(F.pad(x.reshape(3, 1, 64, 64), (5, 5, 5, 5), mode="reflect"),
+                   torch.tensor(kernel, dtype=torch.float32)[None, None]).reshape(1, 3, 64, 64)
+    torch.testing.assert_close(filter2d(x, kernel), ref, atol=2e-6, rtol=0)
+    delta = np.zeros((7, 7))
+    delta[3, 3] = 1
+    torch.testing.assert_close(filter2d(x, delta), x, atol=1e-6, rtol=0)
+
+
+def test_gaussian_noise_statistics() -> None:
+    grey = torch.full((1, 3, 256, 256), 0.5)
+    sigma = 8 / 255
+    noise = gaussian_noise(grey, sigma, np.random.default_rng(0)) - grey
+    n = noise.numel()
+    assert abs(float(noise.mean())) < 4 * sigma / math.sqrt(n)
+    assert float(noise.std()) == pytest.approx(sigma, rel=0.01)
+    assert float(noise[0, 0].flatten() @ noise[0, 1].flatten()) / (n / 3) < 0.02 * sigma**2 * 3  # colour: independent
+    mono = gaussian_noise(grey, sigma, np.random.default_rng(0), grey=True) - grey
+    assert torch.equal(mono[:, 0], mono[:, 1]) and torch.equal(mono[:, 1], mono[:, 2])
+
+
+def test_poisson_noise_variance_follows_intensity() -> None:
+    peak = 1000.0
+    variances = {}
+    for level in (0.1, 0.8):
+        flat = torch.full((1, 3, 256, 256), level, dtype=torch.float64)
+        noise = poisson_noise(flat, peak, np.random.default_rng(1)) - flat
+        assert abs(float(noise.mean())) < 4 * math.sqrt(level / peak / noise.numel())
+        variances[level] = float(noise.var())
+        assert variances[level] == pytest.approx(level / peak, rel=0.03)
+    assert variances[0.8] / variances[0.1] == pytest.approx(8.0, rel=0.05)
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    mono = poisson_noise(flat, peak, np.random.default_rng(1), grey=True) - flat
+    assert torch.equal(mono[:, 0], mono[:, 2]) and float(mono.abs().max()) > 0
+
+
+def test_jpeg_round_trip_changes_the_image_and_keeps_its_shape() -> None:
+    x = _tensor(_photo(size=96))[None]
+    q95, q50 = jpeg(x, 95), jpeg(x, 50)
+    for out in (q95, q50):
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert not torch.equal(out, x)
+        torch.testing.assert_close(out * 255, (out * 255).round(), atol=1e-4, rtol=0)  # on 8-bit levels
+    to_np = lambda t: to_uint8(t[0]).permute(1, 2, 0).numpy()  # noqa: E731
+    assert psnr(to_np(q95), to_np(x), crop_border=0) > psnr(to_np(q50), to_np(x), crop_border=0) + 3
+    assert torch.equal(jpeg(x, 70), jpeg(x, 70))  # the real encoder is deterministic
+
+
+@pytest.mark.parametrize("mode", ["area", "bilinear", "bicubic"])
+def test_resize_gives_the_requested_size(mode: str) -> None:
+    x = _tensor(_photo(size=60))[None]
+    for size in ((30, 45), (91, 73), (60, 60)):
+        out = resize(x, size, mode, antialias=True)
+        assert tuple(out.shape) == (1, 3, *size)
+    flat = torch.full((1, 3, 40, 40), 0.25)  # every mode keeps a flat image flat
+    torch.testing.assert_close(resize(flat, (17, 23), mode), torch.full((1, 3, 17, 23), 0.25), atol=1e-6, rtol=0)
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------------------
+
+def test_same_seed_same_lr_and_different_seed_different() -> None:
+    hr = _tensor(_photo(size=96))
+    a, b, c = degrade(hr, 2, 7), degrade(hr, 2, 7), degrade(hr, 2, 8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    batch = torch.from_numpy(_photo(size=96)).permute(2, 0, 1)[None].repeat(3, 1, 1, 1)
+    x = degrade_batch(batch, 2, np.random.default_rng(5))
+    y = degrade_batch(batch, 2, np.random.default_rng(5))
+    assert torch.equal(x, y) and x.dtype == torch.uint8
+    assert not torch.equal(x[0], x[1])  # each crop of a batch gets its own draw
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_lr_has_the_bicubic_protocol_size_and_stays_mild(scale: int) -> None:
+    hr_u8 = _photo("coffee.png", size=96 + 1)  # odd side: LR is ceil(h / scale) as MATLAB's imresize gives
+    hr = _tensor(hr_u8)
+    clean = imresize(torch.from_numpy(hr_u8).permute(2, 0, 1), 1 / scale).permute(1, 2, 0).numpy()
+    scores = []
+    for seed in range(12):
+        lr = degrade(hr, scale, seed)
+        assert tuple(lr.shape) == (3, math.ceil(97 / scale), math.ceil(97 / scale))
+        assert float(lr.min()) >= 0 and float(lr.max()) <= 1
+        assert torch.equal(lr, to_uint8(lr).float() / 255)
+        scores.append(psnr(to_uint8(lr).permute(1, 2, 0).numpy(), clean, crop_border=0))
+    # camera-like, not destroyed: the degraded LR stays recognisably the clean LR, and is never identical
+    assert 24 < float(np.median(scores)) < 45 and max(scores) < 99
+
+
+# ---- the fixed evaluation recipe ---------------------------------------------------------------------------
+
+def _recipe_checks(hr: np.ndarray, scale: int) -> None:
+    lr = degrade_for_eval(hr, scale)
+    reference = bicubic_degrade(hr, scale)
+    assert lr.shape == reference.shape and lr.dtype == np.uint8
+    assert np.array_equal(lr, degrade_for_eval(hr.copy(), scale))  # seeded from the content: reproducible
+    # blur + 4/255 noise + JPEG 80: mild, but never nothing (flat sky, where JPEG smooths the noise, is ~40 dB)
+    assert 25 < psnr(lr, reference, crop_border=scale) < 45
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_eval_recipe_on_set5(scale: int) -> None:
+    folder = BENCHMARKS / "Set5" / "HR"
+    if not folder.is_dir():
+        pytest.skip(f"Set5 not found at {folder}")
+    for path in sorted(folder.glob("*.png"))[:3]:
+        _recipe_checks(np.asarray(Image.open(path).convert("RGB")), scale)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_eval_recipe_on_example_photos(path) -> None:
+    hr = np.asarray(Image.open(path).convert("RGB"))[:203, :157]  # sides not multiples of 2, 3 or 4
+    for scale in (2, 3):
+        _recipe_checks(hr, scale)
+
+
+def test_eval_recipe_noise_depends_on_the_image_and_grey_stays_grey() -> None:
+    a = _photo("astronaut.png", size=64)
+    b = a.copy()
+    b[0, 0, 0] ^= 1  # one level on one pixel: a different image, so a different noise draw
+    diff = degrade_for_eval(a, 2).astype(int) - degrade_for_eval(b, 2).astype(int)
+    assert np.count_nonzero(diff) > 100
+    grey = np.ascontiguousarray(a[..., 1])
+    lr = degrade_for_eval(grey, 2)
+    assert lr.shape == (32, 32) and lr.dtype == np.uint8
+    with pytest.raises(ValueError, match="uint8"):
+        degrade_for_eval(a.astype(np.float32), 2)
