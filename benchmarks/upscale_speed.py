@@ -63,13 +63,13 @@ def native_mosaic(side: int) -> np.ndarray:
 
 def pick_model(requested: str | None, workdir: Path) -> tuple[str | None, str, str]:
     """(-m value or None for the CLI default, display name, note)."""
-    from ribsr_cli.engine.registry import default_entry
+    from ribsr_cli.catalog import default_model
 
     if requested:
         return requested, Path(requested).stem if Path(requested).exists() else requested, ""
-    entry = default_entry(2)
+    entry = default_model(2)
     if entry is not None:
-        return None, entry["name"], "shipped default x2"
+        return None, entry.name, "shipped default x2"
     import torch
 
     from ribsr_cli.engine import build_model

@@ -109,11 +109,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto is bf16 on CUDA (what inference runs) and fp32 on CPU."""
+    """auto is what `ribsr upscale` runs (`inference.pick_dtype`): bf16 on CUDA and on CPUs with native
+    bf16, fp32 on other CPUs."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        from ribsr_cli.engine.inference import pick_dtype
+
+        return pick_dtype("auto", device)
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use auto, fp32, bf16 or fp16")
+        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
     return DTYPES[name]
 
 
@@ -122,9 +125,17 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def resolve_preset(name: str) -> tuple[str, dict[str, Any]]:
-    """A preset by full name ('SST-light-x4') or family ('SST-light' means x4)."""
+    """A preset by full name ('SST-light-x4') or family ('SST-light' means x4), or the architecture of a shipped
+    or stored model (`-m NAME`; weights do not change speed, so only the architecture is used)."""
+    from ribsr_cli.catalog import find_model
+
     with contextlib.suppress(KeyError):
         return f"{name}-x4", get_preset(f"{name}-x4")
+    with contextlib.suppress(KeyError):
+        return name, get_preset(name)
+    entry = find_model(name)
+    if entry is not None and entry.arch:
+        return entry.name, dict(entry.arch)
     return name, get_preset(name)  # raises the registry's own message for unknown names
 
 
@@ -214,9 +225,11 @@ class AttentionRow(Timing):
     note: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"window": self.window, "variant": self.variant, "kernel": self.kernel, "dtype": self.dtype,
-                "ms_median": _round(self.ms_median), "ms_p10": _round(self.ms_p10), "ms_p90": _round(self.ms_p90),
-                "peak_mb": _round(self.peak_mb, 3), "train": self.train}
+        # a skipped row ran no kernel: its reason goes to "skipped", never into "kernel"
+        return {"window": self.window, "variant": self.variant, "kernel": None if self.skipped else self.kernel,
+                "dtype": self.dtype, "ms_median": _round(self.ms_median), "ms_p10": _round(self.ms_p10),
+                "ms_p90": _round(self.ms_p90), "peak_mb": _round(self.peak_mb, 3), "train": self.train,
+                "repeats": len(self.times_ms), "skipped": self.skipped or None, "note": self.note or None}
 
 
 @dataclass
@@ -229,8 +242,13 @@ class NetworkRow(Timing):
     note: str = ""
 
     def as_json(self) -> dict[str, Any]:
+        # `kernel` holds "kernels [strategies]" as the table shows it; the JSON keeps the two apart
+        kernels, _, strategies = ("" if self.skipped else self.kernel).partition(" [")
         return {"preset": self.preset, "attn_type": self.attn_type, "input": self.input,
-                "ms_median": _round(self.ms_median), "peak_mb": _round(self.peak_mb, 3), "train": self.train}
+                "kernel": kernels or None, "strategy": strategies.rstrip("]") or None,
+                "ms_median": _round(self.ms_median), "ms_p10": _round(self.ms_p10), "ms_p90": _round(self.ms_p90),
+                "peak_mb": _round(self.peak_mb, 3), "train": self.train, "repeats": len(self.times_ms),
+                "skipped": self.skipped or None, "note": self.note or None}
 
 
 @dataclass
@@ -425,6 +443,7 @@ def backend_flags() -> dict[str, Any]:
         "cudnn.enabled": lambda: b.cudnn.enabled,
         "cudnn.benchmark": lambda: b.cudnn.benchmark,
         "cuda.matmul.allow_tf32": lambda: b.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": lambda: b.cudnn.allow_tf32,
         "cuda.flash_sdp": b.cuda.flash_sdp_enabled,
         "cuda.mem_efficient_sdp": b.cuda.mem_efficient_sdp_enabled,
         "cuda.cudnn_sdp": b.cuda.cudnn_sdp_enabled,
@@ -502,6 +521,7 @@ def make_layer(shape: CoreShape, ws: int, positional: str, device: torch.device,
             p.copy_(torch.randn(p.shape, generator=gen))
     if corrupt:  # the classic bug: Qp scaled by 1/sqrt(4R) instead of 1/sqrt(R)
         layer.rank *= 4
+    layer.strict_kernel = True  # a row times the kernel it names, never a silent fallback
     return layer.to(device)
 
 
@@ -614,13 +634,47 @@ def _flex_job(layer: WindowAttention, q: torch.Tensor, k: torch.Tensor, v: torch
 
 
 def _profiled_cuda_kernels(fn: Callable[[], Any]) -> list[str]:
-    """Names of the CUDA kernels one call launched (to confirm FlashAttention really ran)."""
+    """Names of the CUDA kernels one call launched (to confirm which attention kernel really ran)."""
     from torch.profiler import ProfilerActivity, profile
 
     with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     return sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})
+
+
+def attention_kernel_family(name: str) -> str | None:
+    """Which attention implementation a CUDA kernel name belongs to: cudnn, flash, efficient, or None.
+
+    cuDNN's fused attention kernels can carry "flash" in their generated names, so cuDNN is recognised
+    first; PyTorch's memory-efficient kernels are CUTLASS "fmha" kernels.
+    """
+    low = name.lower()
+    if "cudnn" in low:
+        return "cudnn"
+    if "flash" in low:
+        return "flash"
+    if "fmha" in low or "mem_eff" in low or "efficient_attention" in low:
+        return "efficient"
+    return None
+
+
+def profile_note(row_kernel: str, names: list[str]) -> tuple[str, list[str]]:
+    """(note for the row, attention kernels seen) from one profiled call: which family ran, and whether it
+    is the one the row's kernel name claims (sdpa:flash, sdpa:cudnn, sdpa:efficient, flash_attn)."""
+    seen = [nm for nm in names if attention_kernel_family(nm)]
+    families = sorted({attention_kernel_family(nm) for nm in seen})  # type: ignore[type-var]
+    if not families:
+        return "profiler: no fused attention kernel ran", seen
+    claimed = (row_kernel.split() or [""])[0].removeprefix("sdpa:").replace("flash_attn", "flash")
+    note = f"profiler: {'+'.join(families)} kernel ran"
+    if claimed in ("flash", "cudnn", "efficient") and claimed not in families:
+        note += f" (row says {row_kernel})"
+    return note, seen
+
+
+#: Rows whose kernels the profiler confirms on CUDA: RIB's fused path and one RPB (bias) row.
+PROFILED_VARIANTS = ("rib", "rpb-sdpa")
 
 
 def attention_variants(opts: Options, device: torch.device, dtype: torch.dtype) -> list[tuple[str, str, str]]:
@@ -671,16 +725,23 @@ def run_attention(opts: Options, shape: CoreShape, device: torch.device, dtype: 
                 outputs[name] = out[:1].float()
 
         measure(jobs, rows, device, opts, keep)  # type: ignore[arg-type]
+        # The checks after the timing are guarded one by one: a failure becomes a note, the timed rows stay.
         for name, out in outputs.items():  # every RPB form must compute the same thing
             if name != "rpb-dense" and "rpb-dense" in outputs:
-                err = (out - outputs["rpb-dense"]).abs().max().item()
-                if not err <= tol:
-                    rows[name].note = f"output differs from rpb-dense by {err:.2g}"
-        if device.type == "cuda" and "rib" in jobs and not rows["rib"].skipped:
-            names = _profiled_cuda_kernels(jobs["rib"].fn)
-            flash = [nm for nm in names if "flash" in nm.lower()]
-            env.setdefault("profiler_flash_kernel", {})[str(ws)] = flash[0] if flash else None
-            rows["rib"].note = "profiler: flash kernel ran" if flash else "profiler: no flash kernel ran"
+                try:
+                    err = (out - outputs["rpb-dense"]).abs().max().item()
+                    if not err <= tol:
+                        rows[name].note = f"output differs from rpb-dense by {err:.2g}"
+                except Exception as exc:
+                    rows[name].note = f"comparison with rpb-dense failed: {_failure(exc)}"
+        for name in PROFILED_VARIANTS if device.type == "cuda" else ():
+            if name not in jobs or rows[name].skipped:
+                continue
+            try:
+                rows[name].note, seen = profile_note(rows[name].kernel, _profiled_cuda_kernels(jobs[name].fn))
+                env.setdefault("profiler_attention_kernels", {}).setdefault(str(ws), {})[name] = seen
+            except Exception as exc:
+                rows[name].note = f"profiler failed: {_failure(exc)}"
         for row in rows.values():
             if row.skipped:
                 row.kernel = row.skipped
@@ -825,7 +886,7 @@ def run(opts: Options, progress: Progress | None = None) -> Result:
         start = time.perf_counter()
         env = bench_environment(device, dtype)
         env.update(preset=preset, map_tokens=MAP_SIDE * MAP_SIDE, heads=shape.heads, head_dim=shape.head_dim,
-                   rank=shape.rank, quick=opts.quick, repeats=opts.repeats or "auto",
+                   rank=shape.rank, quick=opts.quick,
                    target_s_per_row=opts.target_s, cpu_count=os.cpu_count(), threads_chosen_by=why,
                    load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
         env["busy_warning"] = busy_warning(env)
@@ -839,6 +900,8 @@ def run(opts: Options, progress: Progress | None = None) -> Result:
             result.attention = run_attention(opts, shape, device, dtype, env, say)
         if opts.network:
             result.network = run_network(opts, device, dtype, say)
+        env["repeats"] = repeat_counts(result.attention + result.network)
+        env["repeats_chosen_by"] = "--repeats" if opts.repeats else f"auto (~{opts.target_s:g} s per row)"
         env["wall_s"] = round(time.perf_counter() - start, 2)
         return result
     finally:
@@ -846,6 +909,14 @@ def run(opts: Options, progress: Progress | None = None) -> Result:
 
 
 # ---- reading the results ------------------------------------------------------------
+
+
+def repeat_counts(rows: list[Timing]) -> int | dict[str, int] | None:
+    """Timed repeats that ran: one count when every timed row had the same, else the range."""
+    counts = sorted({len(r.times_ms) for r in rows if r.times_ms})
+    if not counts:
+        return None
+    return counts[0] if len(counts) == 1 else {"min": counts[0], "max": counts[-1]}
 
 
 @dataclass

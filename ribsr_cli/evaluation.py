@@ -42,6 +42,9 @@ PUBLISHED_BICUBIC: dict[str, dict[int, float]] = {
     "Manga109": {2: 30.80, 3: 26.95, 4: 24.89},
 }
 ALIASES = {"bsd100": "B100", "bsds100": "B100"} | {k.lower(): k for k in PUBLISHED_BICUBIC}
+# How LR is made: "none" = the protocol (official files where shipped), "bicubic" = always ribsr's bicubic,
+# "real" = degrade_for_eval's fixed camera-like recipe, which no published table uses.
+DEGRADE_MODES = ("none", "bicubic", "real")
 # Papers round to 0.01 dB and differ among themselves by about that much; more means a different protocol or data.
 PUBLISHED_TOLERANCE_DB = 0.02
 
@@ -127,13 +130,23 @@ def _palette_is_grey(im) -> bool:
 
 
 def load_pair(
-    dataset: Dataset, hr_file: Path, scale: int, *, use_official_lr: bool = True
+    dataset: Dataset, hr_file: Path, scale: int, *, use_official_lr: bool = True, degrade: str = "none"
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(lr, mod-cropped hr, lr came from an official file) for one image at one scale."""
+    """(lr, mod-cropped hr, lr came from an official file) for one image at one scale.
+
+    `degrade` (see DEGRADE_MODES): "none" official LR where present, else bicubic; "bicubic" always ribsr's
+    bicubic; "real" the fixed real-photo recipe `training.degrade.degrade_for_eval` (blur, bicubic, noise, JPEG).
+    """
+    if degrade not in DEGRADE_MODES:
+        raise EvalError(f"unknown degradation {degrade!r}: choose {', '.join(DEGRADE_MODES)}")
     hr = modcrop(load_image(hr_file), scale)
     if hr.shape[0] < scale or hr.shape[1] < scale:
         raise EvalError(f"{hr_file}: image smaller than the scale x{scale}")
-    lr_file = dataset.official_lr(hr_file, scale) if use_official_lr else None
+    if degrade == "real":
+        from ribsr_cli.training.degrade import degrade_for_eval  # torch: only when asked for
+
+        return degrade_for_eval(hr, scale), hr, False
+    lr_file = dataset.official_lr(hr_file, scale) if use_official_lr and degrade == "none" else None
     if lr_file is None:
         return bicubic_degrade(hr, scale), hr, False
     lr = load_image(lr_file)
@@ -266,13 +279,15 @@ def evaluate(
     crop_border: int | None = None,
     test_y: bool = True,
     use_official_lr: bool = True,
+    degrade: str = "none",
     save_dir: Path | None = None,
     on_image: Callable[[Dataset, int, str, dict[str, ImageScore]], None] | None = None,
 ) -> EvalReport:
     """Score every method (bicubic always included, first) on every dataset x scale.
 
-    crop_border None means the standard `scale` pixels. `on_image` is called after
-    each image with its scores per method (progress, verbose output).
+    crop_border None means the standard `scale` pixels. `degrade` picks how LR is made (see `load_pair`); the
+    same LR feeds every method, bicubic included, and the published-bicubic check runs only for bicubic LR.
+    `on_image` is called after each image with its scores per method (progress, verbose output).
     `seconds` is the time spent inside each method's callable only.
     """
     all_methods: dict[str, Upscaler] = {BICUBIC: bicubic_upscaler}
@@ -286,7 +301,7 @@ def evaluate(
             block = {name: MethodResult(ds.name, scale, name) for name in all_methods}
             used = 0
             for hr_file in ds.hr_files:
-                lr, hr, official = load_pair(ds, hr_file, scale, use_official_lr=use_official_lr)
+                lr, hr, official = load_pair(ds, hr_file, scale, use_official_lr=use_official_lr, degrade=degrade)
                 used += official
                 scores: dict[str, ImageScore] = {}
                 for name, fn in all_methods.items():
@@ -304,7 +319,7 @@ def evaluate(
                 warnings.append(f"{ds.name} x{scale}: only {used} of {len(ds.hr_files)} official LR files found; "
                                 "the rest were made by ribsr's bicubic_degrade")
             results.extend(block.values())
-            if test_y and border == scale:
+            if test_y and border == scale and degrade != "real":
                 warning = check_published(block[BICUBIC])
                 if warning:
                     warnings.append(warning)

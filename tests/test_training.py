@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import BENCHMARKS, REPO
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
-from ribsr_cli.training.photos import prepare
+from ribsr_cli.training.prepare import prepare
 from ribsr_cli.training.trainer import TrainConfig, init_body_from, learning_rate, train
 
 
@@ -150,3 +150,51 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_real_degradation_trains_from_the_clean_weights(tmp_path: Path, pool: Path) -> None:
+    """`--degradation real`: seeded camera-like LR on 8-bit levels, a fine-tune that runs, validation on the recipe."""
+    import json
+
+    import numpy as np
+
+    from ribsr_cli.imaging.resize import imresize
+    from ribsr_cli.training.degrade import degrade_for_eval
+    from ribsr_cli.training.pool import HRPool
+    from ribsr_cli.training.trainer import load_validation, make_batch
+
+    hr_pool = HRPool(pool)
+    lr, hr = make_batch(hr_pool, np.random.default_rng(0), 2, 24, 2, "real")
+    again, _ = make_batch(hr_pool, np.random.default_rng(0), 2, 24, 2, "real")
+    assert lr.shape == (2, 3, 24, 24) and hr.shape == (2, 3, 48, 48) and torch.equal(lr, again)
+    torch.testing.assert_close(lr * 255, (lr * 255).round(), atol=1e-4, rtol=0)  # stored like a file would be
+    clean = imresize((hr * 255).round().to(torch.uint8), 0.5).float() / 255
+    assert not torch.equal(lr, clean)
+    with pytest.raises(ValueError, match="degradation must be one of"):
+        make_batch(hr_pool, np.random.default_rng(0), 2, 24, 2, "gaussian")
+
+    run = train(_cfg(tmp_path, pool, 2, degradation="real", init_from=str(REPO / "weights" / "ribsr-s-x2.safetensors")),
+                resume=False, log=_quiet)
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    assert json.loads((run / "config.json").read_text())["degradation"] == "real"
+    if (BENCHMARKS / "Set5").is_dir():  # monitoring scores the fixed recipe, not the official bicubic LR
+        _, val_lr, val_hr = load_validation(str(BENCHMARKS / "Set5"), 2, degrade=True)[0]
+        assert np.array_equal(val_lr, degrade_for_eval(val_hr, 2))
+        assert (run / "log.csv").read_text().splitlines()[-1].split(",")[3] != ""  # validated at the last step
+
+
+def test_val_default_is_the_shared_folder_found_when_the_command_runs(tmp_path: Path, monkeypatch) -> None:
+    """`ribsr train` without --val validates on <shared>/benchmarks/Set5 whatever the working directory,
+    with $RIBSR_SHARED read at call time (the old default was ../shared relative to the current folder)."""
+    import ribsr_cli.training.trainer as trainer
+
+    seen: list[str] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, resume, log: seen.append(cfg.val_dir))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RIBSR_SHARED", str(tmp_path / "elsewhere"))
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert seen == [str(tmp_path / "elsewhere" / "benchmarks" / "Set5")]
+    monkeypatch.delenv("RIBSR_SHARED")
+    CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run")])
+    assert Path(seen[1]) == REPO.parent / "shared" / "benchmarks" / "Set5"

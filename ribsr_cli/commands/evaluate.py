@@ -44,20 +44,77 @@ def parse_scales(values: list[str]) -> list[int]:
     return scales
 
 
-def _model_upscaler(model: Optional[str], scale: int, tile: int, tta: bool, device: str) -> tuple[str, Callable]:
+def _model_upscaler(model: Optional[str], scale: int, tile: int, tta: bool, device: str, precision: str,
+                    attention: str, denoise: Optional[float] = None) -> tuple[str, Callable]:
     """(name, fn(lr, scale)) from the engine; the import is lazy so bicubic works without it."""
     try:
         from ribsr_cli.engine.inference import make_upscaler
     except ImportError as exc:
         hint = "" if model else " (no -m given, so the shipped model was wanted)"
         _fail(f"model upscaling is unavailable{hint}: cannot import ribsr_cli.engine.inference.make_upscaler "
-              f"({exc}); use --baseline bicubic to score bicubic only")
+              f"({exc}); use --no-model to score bicubic only")
     try:
-        return make_upscaler(model, scale, tile=tile, tta=tta, device=device)
+        return make_upscaler(model, scale, tile=tile, tta=tta, device=device, precision=precision,
+                             attention=attention, denoise=denoise)
     except Exception as exc:  # missing/damaged weights, wrong scale, unknown device: one line
         what = f"model {model!r}" if model else "the shipped model"
-        hint = "" if model else "; pass -m MODEL or --baseline bicubic"
+        hint = "" if model else "; pass -m MODEL, or --no-model for bicubic only"
         _fail(f"cannot load {what} for x{scale}: {exc}{hint}")
+
+
+def _check_run_options(device: str, precision: str, attention: str) -> str:
+    """The device the model will run on, as reports name it; an unavailable device or kernel is a usage
+    error before any image is scored."""
+    from ribsr_cli.commands.options import check_attention_kernel
+
+    try:
+        from ribsr_cli.engine.inference import pick_device, pick_dtype
+    except ImportError:  # reported, with its hint, when the model is loaded
+        return device
+    try:
+        dev = pick_device(device)
+        check_attention_kernel(attention, dev, pick_dtype("fp32" if precision == "auto" else precision, dev))
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
+        _fail(str(exc).splitlines()[0])
+    return str(dev)
+
+
+def _weights_identity(fn: Callable, model: Optional[str], scale: int) -> dict:
+    """sha256 and source of the weights that ran: from the engine's callable when it records them, else
+    looked up the way the registry resolves -m (a file, a shipped or stored name, the scale's default)."""
+    if hasattr(fn, "source"):  # recorded by make_upscaler (both hashes for a --denoise mix)
+        components = getattr(fn, "components", None)
+        return {"scale": scale, "sha256": fn.sha256, "source": fn.source,
+                **({"interpolated_from": components} if components else {})}
+    sha256, source = None, None
+    try:
+        from ribsr_cli.catalog import default_model, find_model, sha256_file
+
+        if model and Path(model).is_file():
+            sha256, source = sha256_file(model), "file"
+        else:
+            entry = find_model(model) if model else default_model(scale)
+            sha256, source = (entry.sha256, entry.source) if entry else (None, None)
+    except (ImportError, OSError, AttributeError):
+        pass
+    return {"scale": scale, "sha256": sha256, "source": source}
+
+
+LR_SOURCES = {
+    "none": "official LR_bicubic/X{s}/{name}x{s}.png where present, else ribsr bicubic_degrade",
+    "bicubic": "ribsr bicubic_degrade of the HR (--degrade bicubic / --ignore-lr)",
+    "real": "ribsr degrade_for_eval of the HR (--degrade real): the fixed real-photo recipe",
+}
+_BICUBIC_TEXT = ("MATLAB-compatible imresize(HR, 1/scale): bicubic a=-0.5, antialiased, symmetric edges, "
+                 "uint8 rounding after each pass (height first)")
+DEGRADATION_TEXT = {
+    "none": _BICUBIC_TEXT,
+    "bicubic": _BICUBIC_TEXT,
+    "real": ("ribsr_cli.training.degrade.degrade_for_eval: Gaussian blur sigma 0.8 HR px (7x7, reflect) rounded to "
+             "uint8; then " + _BICUBIC_TEXT + "; then Gaussian colour noise sigma 4/255 (numpy PCG64 seeded from "
+             "the HR bytes, shape and scale) rounded to uint8; then Pillow JPEG quality 80, 4:2:0, decoded"),
+}
+DEGRADE_TITLES = {"none": "", "bicubic": " (LR: ribsr bicubic)", "real": " (degraded input: --degrade real)"}
 
 
 def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
@@ -70,11 +127,10 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
         "scales": args["scales"],
         "methods": methods,
         "hr": "mod-cropped to a multiple of the scale (bottom/right)",
-        "lr_source": ("ribsr bicubic_degrade of the HR (--degrade)" if args["degrade"]
-                      else "official LR_bicubic/X{s}/{name}x{s}.png where present, else ribsr bicubic_degrade"),
+        "lr_source": LR_SOURCES[args["degrade"]],
         "lr_official_files": report_lr,
-        "degradation": "MATLAB-compatible imresize(HR, 1/scale): bicubic a=-0.5, antialiased, symmetric edges, "
-                       "uint8 rounding after each pass (height first)",
+        "degrade": args["degrade"],
+        "degradation": DEGRADATION_TEXT[args["degrade"]],
         "bicubic_upscaler": "the same imresize(LR, scale) on uint8",
         "sr_quantization": "uint8, round half away from zero, clipped to 0..255",
         "channel": "RGB (mean over channels)" if args["rgb"] else "Y",
@@ -88,6 +144,8 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
         "tile": args["tile"],
         "tiled_fallbacks": args["tiled_fallbacks"] or "none: every image was upscaled whole",
         "device": args["device"],
+        "precision": args["precision"],
+        "models": args["models"],
         "attention_kernels": args["attention_kernels"],
         "seconds": "time inside each method's upscaling calls, summed over images (I/O and scoring excluded)",
         "published_bicubic_tolerance_db": PUBLISHED_TOLERANCE_DB,
@@ -117,7 +175,7 @@ def _fmt(x: float, digits: int) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "inf"
 
 
-def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None = None) -> None:
+def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None = None, degrade: str = "none") -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -131,7 +189,7 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
     if not console.is_terminal:  # piped or captured: don't squeeze numbers into 80 columns
         console = Console(width=160)
     caption = f"tiled (out of memory whole): {'; '.join(tiled)}" if tiled else "whole images, no tiling"
-    table = Table(title="ribsr eval", caption=caption, **compact)
+    table = Table(title=f"ribsr eval{DEGRADE_TITLES[degrade]}", caption=caption, **compact)
     for name, justify in [("Dataset", "left"), ("Scale", "right"), ("Method", "left"), (f"PSNR-{chan}", "right"),
                           (f"SSIM-{chan}", "right"), ("Δ PSNR", "right"), ("Published", "right"),
                           ("Images", "right"), ("Seconds", "right")]:
@@ -141,7 +199,7 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
         base = bicubic.get((r.dataset, r.scale))
         is_base = r.method == BICUBIC
         delta = "" if is_base or base is None else f"{r.psnr - base.psnr:+.3f}"
-        ref = published_bicubic(r.dataset, r.scale) if is_base and not rgb else None
+        ref = published_bicubic(r.dataset, r.scale) if is_base and not rgb and degrade != "real" else None
         table.add_row(r.dataset, f"x{r.scale}", r.method, _fmt(r.psnr, 3), _fmt(r.ssim, 4), delta,
                       "" if ref is None else f"{ref:.2f}", str(r.images), f"{r.seconds:.2f}")
     console.print(table)
@@ -168,40 +226,77 @@ def command(
     datasets: list[str] = typer.Argument(..., metavar="DATASET",
                                          help="Benchmark folders: with HR/ (and LR_bicubic/X{s}/), or plain image "
                                               "folders."),
-    scale: list[str] = typer.Option(["2"], "--scale", "-s",
+    scale: list[str] = typer.Option(["2"], "--scale", "-s", metavar="S[,S...]",
                                     help="Scale(s): comma-separated or repeated, e.g. -s 2,3,4."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: shipped name or checkpoint file. "
-                                        "Default: the shipped model for each scale (unless --baseline is given)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Score a baseline ('bicubic') without a model."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="NAME|FILE",
+                                        help="Model: shipped or stored name, checkpoint file, or clean/real (the "
+                                        "shipped model of that kind for each scale). "
+                                        "Default: the shipped model for each scale (unless --no-model)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", metavar="bicubic",
+                                           help="A baseline row beside the model's (bicubic is always scored)."),
+    no_model: bool = typer.Option(False, "--no-model", help="Score bicubic only; no model is loaded."),
     tta: bool = typer.Option(False, "--tta", help="x8 self-ensemble for the model (slower, a bit better)."),
-    tile: int = typer.Option(0, "--tile", min=0, help="Model tile size in LR pixels; 0 = whole image."),
-    device: str = typer.Option("auto", "--device", help="Model device: auto, cpu, cuda, cuda:N or mps."),
+    tile: str = typer.Option("auto", "--tile", "-t", metavar="auto|N",
+                             help="Model tile side in LR pixels (at least 32); auto or 0: whole images, tiled only "
+                                  "when memory says no."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Model device: auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", metavar="auto|fp32|bf16|fp16",
+                                  help="Model precision; auto is fp32 on every device, so scores do not depend "
+                                       "on the machine."),
+    attention: str = typer.Option("auto", "--attention", metavar="auto|flash|sdpa|math",
+                                  help="Attention kernel (ribsr info shows which runs)."),
     per_image: bool = typer.Option(False, "--per-image", help="Also print a table of per-image scores."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results and protocol as JSON here."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image and mean scores as CSV here."),
-    save_images: Optional[Path] = typer.Option(None, "--save-images",
+    json_path: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write results and protocol as JSON here."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Write per-image and mean scores as CSV here."),
+    save_images: Optional[Path] = typer.Option(None, "--save-images", metavar="DIR",
                                                  help="Save SR images under DIR/dataset/xS/method/."),
     rgb: bool = typer.Option(False, "--rgb", help="Score RGB channels instead of Y (not the published protocol)."),
-    crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0,
+    crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, metavar="PX",
                                                  help="Border pixels ignored; default: the scale."),
-    degrade: bool = typer.Option(False, "--degrade", "--ignore-lr",
-                                 help="Make LR with ribsr's bicubic even where official LR files exist."),
+    degrade: str = typer.Option("none", "--degrade", metavar="none|bicubic|real",
+                                help="How LR is made from each HR image: none (official LR files where present), "
+                                     "bicubic (ribsr's bicubic even where official files exist), real (blur σ 0.8, "
+                                     "bicubic, noise σ 4/255, JPEG 80: camera-like input, for model and bicubic)."),
+    ignore_lr: bool = typer.Option(False, "--ignore-lr", help="Same as --degrade bicubic."),
+    denoise: Optional[float] = typer.Option(None, "--denoise", metavar="S",
+                                            help="Mix the scale's shipped clean and real models: 0 = clean, "
+                                                 "1 = real (with no -m, or -m clean/real or a shipped name)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes; table and warnings only."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each image's scores as they come."),
 ) -> None:
-    """Score bicubic (always) and a model on each dataset and scale; see ribsr_cli.evaluation for the protocol."""
+    """Score bicubic (always) and a model on each dataset and scale; see ribsr_cli.evaluation for the protocol.
+
+    `--baseline bicubic` only names the bicubic row, which is always there: it never removes the model.
+    """
     from ribsr_cli import __version__
+    from ribsr_cli.commands.options import parse_tile
     from ribsr_cli.evaluation import EvalError, check_pairs, discover_dataset, evaluate
 
     if quiet and verbose:
         _fail("choose one of -q and -v")
+    degrade = degrade.lower()
+    if degrade not in LR_SOURCES:
+        _fail(f"unknown --degrade {degrade!r}: choose none, bicubic or real")
+    if ignore_lr:
+        if degrade == "real":
+            _fail("--ignore-lr (bicubic LR) and --degrade real exclude each other")
+        degrade = "bicubic"
+    if denoise is not None and no_model:
+        _fail("--denoise mixes two models; it cannot go with --no-model")
+    if denoise is not None and not 0.0 <= denoise <= 1.0:
+        _fail(f"--denoise {denoise:g}: give a strength from 0 (the clean model) to 1 (the real model)")
     if baseline is not None and baseline.lower() not in BASELINES:
         _fail(f"unknown baseline {baseline!r}: choose {', '.join(BASELINES)}")
     scales = parse_scales(scale)
-    use_model = model is not None or baseline is None
+    if no_model and model is not None:
+        _fail("-m and --no-model exclude each other")
+    use_model = not no_model
+    tile_value = parse_tile(tile)
+    tile_px = 0 if tile_value == "auto" else int(tile_value)
+    device_used = _check_run_options(device, precision, attention) if use_model else None
     try:
         found = [discover_dataset(d) for d in datasets]
-        if not degrade:
+        if degrade == "none":
             for ds in found:
                 check_pairs(ds, scales)
     except EvalError as exc:
@@ -214,11 +309,14 @@ def command(
     results, warnings, lr_files, method_names = [], [], {}, []
     tiled_fallbacks: list[str] = []
     kernels_ran: list[str] = []
+    precisions: list[str] = []
+    models_ran: list[dict] = []
     for s in scales:
         methods = {}
         if use_model:  # loaded before the progress bar starts, one scale's model at a time
-            name, fn = _model_upscaler(model, s, tile, tta, device)
+            name, fn = _model_upscaler(model, s, tile_px, tta, device, precision, attention, denoise)
             methods[name] = fn
+            models_ran.append({"name": name, **_weights_identity(fn, model, s)})
         console = _stderr_console()
         with Progress(transient=True, disable=quiet or verbose or not console.is_terminal, console=console) as progress:
             task = progress.add_task(f"x{s}", total=sum(len(ds.hr_files) for ds in found))
@@ -231,7 +329,7 @@ def command(
 
             try:
                 report = evaluate(found, [s], methods, crop_border=crop_border, test_y=not rgb,
-                                  use_official_lr=not degrade, save_dir=save_images, on_image=on_image)
+                                  degrade=degrade, save_dir=save_images, on_image=on_image)
             except EvalError as exc:
                 error = (str(exc), 2)
             except Exception as exc:  # a model failing mid-run: one line, not a traceback
@@ -247,6 +345,8 @@ def command(
             warnings += [f"x{s}: {note}" for note in fallbacks]
             tiled_fallbacks += [f"x{s}: {note}" for note in fallbacks]
             kernels_ran += [k for k in getattr(fn, "kernels", []) if k not in kernels_ran]
+            ran = getattr(fn, "precision", None) or ("fp32" if precision == "auto" else precision)
+            precisions += [ran] if ran not in precisions else []
         lr_files.update(report.lr_files_used)
         method_names += [m for m in dict.fromkeys(r.method for r in report.results) if m not in method_names]
 
@@ -254,13 +354,15 @@ def command(
     results.sort(key=lambda r: (order[r.dataset], r.scale))
     for w in warnings:
         typer.echo(f"Warning: {w}", err=True)
-    _print_tables(results, rgb, per_image, tiled_fallbacks)
+    _print_tables(results, rgb, per_image, tiled_fallbacks, degrade)
     if kernels_ran and not quiet:
         typer.echo(f"attention kernel that ran: {', '.join(kernels_ran)}", err=True)
 
     args = {"datasets": {ds.name: str(ds.root.resolve()) for ds in found}, "scales": scales, "degrade": degrade,
             "rgb": rgb, "crop_border": crop_border, "tta": tta if use_model else None,
-            "tile": tile if use_model else None, "device": device if use_model else None,
+            "tile": tile_value if use_model else None, "device": device_used,
+            "precision": (precisions[0] if len(precisions) == 1 else precisions) if use_model else None,
+            "models": models_ran if use_model else None,
             "tiled_fallbacks": tiled_fallbacks, "attention_kernels": kernels_ran if use_model else None}
     if json_path is not None:
         doc = {"ribsr_version": __version__, "protocol": protocol(args, lr_files, method_names),

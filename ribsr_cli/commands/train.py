@@ -12,8 +12,9 @@ def command(
     arch: str = typer.Option("ribsr-s", "--arch", "-a", help="Preset name (see `ribsr models`) or JSON/YAML network_g file."),
     scale: int = typer.Option(2, "--scale", "-s", min=2, max=4, help="Upscaling factor."),
     out_dir: Path = typer.Option(Path("runs/ribsr-s-x2"), "--out", "-o", help="Run folder (checkpoints, log.csv)."),
-    data_dir: Path = typer.Option(Path("data/prepared"), "--data", help="Prepared HR pool (scripts/get_training_photos.sh)."),
-    val_dir: Path = typer.Option(Path("../shared/benchmarks/Set5"), "--val", help="Validation set (monitoring only)."),
+    data_dir: Path = typer.Option(Path("data/prepared"), "--data", help="Prepared HR pool (`ribsr data fetch`, then `ribsr data prepare`)."),
+    val_dir: Optional[Path] = typer.Option(None, "--val", help="Validation set (monitoring only; default "
+                                           "<shared>/benchmarks/Set5, <shared> being $RIBSR_SHARED or ../shared)."),
     patch: int = typer.Option(48, help="LR patch size."),
     batch: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
@@ -26,13 +27,23 @@ def command(
     seed: int = typer.Option(0, help="Random seed."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's matching tensors (e.g. a x2 body)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from the run folder's last.pt if present."),
+    degradation: str = typer.Option(
+        "bicubic", "--degradation",
+        help="How LR patches are made: bicubic (the benchmark convention) or real (random camera-like blur, "
+             "resize, noise and JPEG; validation then scores the fixed `eval --degrade real` recipe)."),
 ) -> None:
+    from ribsr_cli.paths import benchmarks_dir
     from ribsr_cli.training.trainer import TrainConfig, TrainingInterrupted, train
 
-    cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir), val_dir=str(val_dir),
+    if degradation not in ("bicubic", "real"):
+        typer.echo(f"error: --degradation must be bicubic or real, got {degradation!r}", err=True)
+        raise typer.Exit(2)
+
+    cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
+                      val_dir=str(val_dir or benchmarks_dir() / "Set5"),
                       patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
                       max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
-                      seed=seed, init_from=str(init_from or ""))
+                      seed=seed, init_from=str(init_from or ""), degradation=degradation)
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
     except (ValueError, FileNotFoundError) as exc:  # bad flags or a missing data/run folder: one line, not a traceback

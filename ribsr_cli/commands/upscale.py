@@ -6,8 +6,11 @@ upscaled and a warning says so.
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
@@ -16,70 +19,98 @@ import typer
 FORMATS = ("keep", "png", "jpg", "webp", "tiff")
 
 
-def _tile_option(value: str) -> int | str:
-    if value == "auto":
-        return "auto"
-    try:
-        tile = int(value)
-    except ValueError:
-        raise typer.BadParameter("use a number of LR pixels, 0 (whole image) or auto") from None
-    if tile < 0 or 0 < tile < 32:
-        raise typer.BadParameter("tile must be 0 (whole image), auto, or at least 32")
-    return tile
-
-
 def command(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders or glob patterns."),
-    output: Path = typer.Option(Path("upscaled"), "--output", "-o", help="Output folder (created if needed)."),
-    scale: Optional[int] = typer.Option(None, "--scale", "-s", min=2, max=4, show_default="2",
-                                        help="Model scale: 2, 3 or 4 (default 2, or the smallest that reaches --outscale)."),
-    outscale: Optional[float] = typer.Option(None, "--outscale", help="Final size as a factor of the input (e.g. 1.5, 3.5): the model runs at --scale, then a Lanczos resize shrinks its output to this."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Shipped model name or checkpoint path (default: shipped model for the scale)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a checkpoint that does not name its own (preset or JSON/YAML)."),
+    inputs: Optional[List[str]] = typer.Argument(None, metavar="INPUT", show_default=False,
+                                                 help="Image files, folders or glob patterns."),
+    input_opts: Optional[List[str]] = typer.Option(None, "--input", "-i", metavar="PATH", show_default=False,
+                                                   help="One more input (repeatable), as Real-ESRGAN's and waifu2x's -i."),
+    output: Path = typer.Option(Path("upscaled"), "--output", "-o", metavar="DIR", help="Output folder (created if needed)."),
+    scale_text: Optional[str] = typer.Option(None, "--scale", "-s", metavar="2|3|4", show_default=False,
+                                             help="Model scale: 2, 3 or 4 (default 2, or the smallest that reaches "
+                                                  "--outscale). A fraction such as 3.5 is read as --outscale 3.5."),
+    outscale: Optional[float] = typer.Option(None, "--outscale", metavar="F", help="Final size as a factor of the input (e.g. 1.5, 3.5): the model runs at --scale, then a Lanczos resize shrinks its output to this."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="NAME|FILE", help="Shipped or stored model name, checkpoint path, or an alias: clean (the default: scans, renders, downsampled images) or real (phone/camera JPEGs: removes noise and JPEG blocks), the shipped model of that kind for the scale."),
+    denoise: Optional[float] = typer.Option(None, "--denoise", min=0.0, max=1.0, metavar="S", help="How much noise and JPEG blocking to remove, 0..1: mixes the scale's shipped clean (0) and real (1) models' weights; with no -m, -m clean/real or a shipped name of that pair."),
+    arch: Optional[str] = typer.Option(None, "--arch", metavar="PRESET|FILE", help="Architecture for a checkpoint that does not name its own (preset or JSON/YAML)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders and mirror the tree under the output folder."),
-    name: str = typer.Option("{stem}_x{scale}", "--name", help="Output name template: {stem}, {scale} (the final factor), {model}."),
-    fmt: str = typer.Option("keep", "--format", "-f", help="Output format: keep, png, jpg, webp, tiff."),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="Quality for JPEG (4:4:4) and WebP."),
+    name: str = typer.Option("{stem}_x{scale}", "--name", metavar="TEMPLATE", help="Output name template: {stem}, {scale} (the final factor), {model}."),
+    fmt: str = typer.Option("keep", "--format", "-f", metavar="FORMAT", help="Output format: keep, png, jpg (or jpeg), webp, tiff (or tif)."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, metavar="Q", help="Quality for JPEG (4:4:4) and WebP."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so re-running resumes)."),
-    tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 for whole images, or auto (from free memory)."),
-    tile_overlap: int = typer.Option(32, "--tile-overlap", min=0, help="Overlap between tiles in LR pixels."),
-    batch_tiles: int = typer.Option(1, "--batch-tiles", min=1, help="Tiles per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
-    attention: str = typer.Option("auto", "--attention", help="Attention kernel: auto, flash, sdpa or math."),
+    tile: str = typer.Option("auto", "--tile", "-t", metavar="auto|N", help="Tile side in LR pixels (at least 32), 0 for whole images, or auto (from free memory)."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", min=0, metavar="N", help="Overlap between tiles in LR pixels."),
+    batch_tiles: int = typer.Option(1, "--batch-tiles", min=1, metavar="N", help="Tiles per forward pass."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", metavar="auto|fp32|bf16|fp16", help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16; see ribsr info), fp32 elsewhere."),
+    attention: str = typer.Option("auto", "--attention", metavar="auto|flash|sdpa|math", help="Attention kernel (ribsr info shows which runs)."),
     tta: bool = typer.Option(False, "--tta", help="8-fold flip/rotate self-ensemble (8x slower, slightly better)."),
-    max_pixels: int = typer.Option(250_000_000, "--max-pixels", help="Refuse images with more pixels than this (decompression bombs)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be done and exit."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-file results to this JSON file."),
+    max_pixels: int = typer.Option(250_000_000, "--max-pixels", metavar="N", help="Refuse images with more pixels than this (decompression bombs)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be done, check the output folders can be written, and exit."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the run and per-file results to this JSON file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-file details, kernels and warnings."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-file details (tile, kernel, skip reasons) and warnings."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", metavar="local|auto|ray://HOST:PORT", show_default=False,
+                                              help="Run the files on Ray workers: local starts Ray on this machine, auto or ray://HOST:10001 attach to a cluster (needs pip install \"ribsr[ray]\"; paths must be on shared storage)."),
+    workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="With --ray: worker processes, each with its own model (the cluster's CPUs are shared out among them)."),
 ) -> None:
-    """Upscale image files and folders. Exit code: 0 all done or skipped, 1 some file failed, 2 usage error."""
+    """Upscale image files and folders. Exit code: 0 all done or skipped, 1 some file failed, 2 usage error,
+    130 interrupted.
+
+    Which model: the default suits clean inputs (scans, renders, images downsampled on a computer); phone and
+    camera JPEGs carry noise and compression, which it sharpens: use -m real there, or --denoise 0.5 for a
+    middle ground that keeps more fine texture."""
     from rich.console import Console
 
-    from ribsr_cli.upscaling import UsageError, plan_jobs, resolve_scales, scale_label
+    from ribsr_cli.commands import options
+    from ribsr_cli.upscaling import UsageError, no_images_message, plan_jobs, resolve_scales, scale_label, unwritable_folders
 
+    started = time.perf_counter()
     # soft_wrap: a "failed FILE: reason" line stays one line in logs and pipes, whatever the width
     console = Console(stderr=False, quiet=False, soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
-    tile_value = _tile_option(tile)
+    all_inputs = list(inputs or []) + list(input_opts or [])
+    if not all_inputs:
+        raise typer.BadParameter("give at least one image file, folder or pattern (as an argument or with -i)",
+                                 param_hint="INPUT")
+    fmt = options.normalise_format(fmt, FORMATS)
+    tile_value = options.parse_tile(tile)
+    scale, scale_outscale = options.parse_scale(scale_text)
+    if scale_outscale is not None:
+        if outscale is not None:
+            raise typer.BadParameter(f"{scale_text} is a final factor (read as --outscale); give it once, "
+                                     "with -s or with --outscale", param_hint="'--scale' / '-s'")
+        outscale = scale_outscale
+        if not quiet:
+            err.print(f"note: -s {scale_text} is read as --outscale {scale_text} (the final size; the model "
+                      "scale is picked to reach it)", highlight=False)
     try:
         scale, outscale = resolve_scales(scale, outscale)
     except UsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="--outscale")
-    dev = _check_run_options(err, device, precision, attention)
-    model_label = _model_label(model, scale)
+    dev, dtype = _check_run_options(err, device, precision, attention)
+    if ray_address:
+        from ribsr_cli.distributed.ray_upscale import import_ray
+
+        try:
+            import_ray()
+        except UsageError as exc:
+            _usage_exit(err, exc)
+    elif workers != 1:
+        raise typer.BadParameter("worker processes are Ray's: add --ray local (or a cluster address)",
+                                 param_hint="--workers")
+    if denoise is not None:
+        model_label = _denoise_label(err, model, scale, denoise)
+    else:
+        model_label = _model_label(model, scale)
     try:
-        jobs = plan_jobs(inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale), model=model_label,
-                         fmt=fmt, overwrite=overwrite)
+        jobs = plan_jobs(all_inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale),
+                         model=model_label, fmt=fmt, overwrite=overwrite)
     except UsageError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        _usage_exit(err, exc)
     if not jobs:
-        err.print("[red]error:[/] no image files found in the given inputs", highlight=False)
-        raise typer.Exit(2)
+        _usage_exit(err, no_images_message(all_inputs, recursive))
+    for folder, reason in unwritable_folders(jobs):  # before any work, in dry runs too
+        _usage_exit(err, f"{folder}: {reason}; choose another -o")
     if dry_run:
         for job in jobs:
             state = "would write" if job.status == "pending" else job.status
@@ -88,24 +119,59 @@ def command(
         raise typer.Exit(1 if any(j.status == "failed" for j in jobs) else 0)
 
     engine = None
+    engine_kwargs = dict(model=model, arch=arch, scale=scale, dev=dev, precision=precision, attention=attention,
+                         tile=tile_value, overlap=tile_overlap, batch_tiles=batch_tiles, tta=tta, outscale=outscale,
+                         denoise=denoise)
     if any(j.status == "pending" for j in jobs):  # a finished batch re-run needs no model
-        engine = _load_engine(err, model, arch, scale, dev, precision, attention, tile_value, tile_overlap,
-                              batch_tiles, tta, outscale)
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            err.print(f"[red]error:[/] {output}: cannot create output folder ({exc.strerror})", highlight=False)
-            raise typer.Exit(2)
+        engine = _load_engine(err, **engine_kwargs)  # with --ray too: a bad model is one usage error, not N
         if verbose:
             final = f", then Lanczos to x{outscale:g}" if outscale else ""
-            err.print(f"model {engine.name} x{scale} on {engine.device}{final}", highlight=False)
-    interrupted = _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose)
-    _summary(jobs, console, err, quiet, interrupted)
-    json_failed = bool(json_out) and not _write_json(json_out, engine.name if engine else model_label, scale, outscale,
-                                                     jobs, err)
+            tiles = "auto (from free memory, per file)" if tile_value == "auto" else (
+                "whole images" if tile_value == 0 else f"{tile_value} LR px")
+            err.print(f"model {engine.name} x{scale} on {engine.device}, {engine.precision}, tile {tiles}, "
+                      f"overlap {tile_overlap}{final}", highlight=False)
+    from ribsr_cli.engine.inference import precision_name
+
+    run = RunInfo(model_label, scale, outscale, str(dev), precision_name(dtype), attention, tile_value,
+                  tile_overlap, tta)
+    if engine is not None:
+        run.model, run.sha256, run.source = engine.name, engine.sha256, engine.source
+        run.precision = engine.precision  # after a foreign model's fallback to fp32
+    remote = None
+    if ray_address:  # the same jobs and per-file work; only the scheduling moves to Ray
+        from ribsr_cli.distributed.ray_upscale import WorkerSettings, upscale_on_ray
+
+        settings = WorkerSettings(_load_engine, engine_kwargs, device, precision, attention, fmt, quality, max_pixels)
+        run.device = f"ray {ray_address}, {workers} worker(s), {device}"
+        remote = functools.partial(upscale_on_ray, settings=settings, address=ray_address, workers=workers)
+    try:
+        interrupted = _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose, remote)
+    except UsageError as exc:  # --ray ADDRESS with no cluster there
+        _usage_exit(err, exc)
+    run.seconds = time.perf_counter() - started
+    _summary(jobs, console, err, quiet, interrupted, run.seconds, run.precision)
+    json_failed = bool(json_out) and not _write_json(json_out, run, jobs, err)
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(1 if json_failed or any(j.status == "failed" for j in jobs) else 0)
+
+
+@dataclass
+class RunInfo:
+    """What ran, for the --json report: the model and its weights' hash, device, precision, tiling."""
+
+    model: str
+    scale: int
+    outscale: float | None
+    device: str
+    precision: str
+    attention: str
+    tile: int | str
+    tile_overlap: int
+    tta: bool
+    sha256: str | None = None
+    source: str | None = None
+    seconds: float = 0.0
 
 
 def _model_label(model: str | None, scale: int) -> str:
@@ -114,118 +180,161 @@ def _model_label(model: str | None, scale: int) -> str:
         return Path(model).stem
     if model:
         return model
-    from ribsr_cli.engine.registry import default_entry
+    from ribsr_cli.catalog import default_model
 
-    entry = default_entry(scale)
-    return entry["name"] if entry else "default"
+    entry = default_model(scale)
+    return entry.name if entry else "default"
 
 
-def _write_json(path: Path, model_name: str, scale: int, outscale: float | None, jobs, err) -> bool:
-    """The --json report; a failure to write it is one error line (exit 1), not a traceback after the work is done."""
-    data = json.dumps({"model": model_name, "scale": scale, "outscale": outscale or scale,
-                       "files": [j.as_dict() for j in jobs]}, indent=2)
+def _denoise_label(err, model: str | None, scale: int, denoise: float) -> str:
+    """`<clean>+real@S` for --denoise; a -m outside a shipped clean/real pair is a usage error here, before any
+    file is planned."""
+    from ribsr_cli.engine.checkpoint import CheckpointError
+    from ribsr_cli.engine.interpolate import denoise_pair
+
     try:
-        path.write_text(data + "\n")
+        clean, _ = denoise_pair(model, scale)
+    except CheckpointError as exc:
+        _usage_exit(err, exc)
+    return f"{clean.name}+real@{denoise:g}"
+
+
+def _write_json(path: Path, run: RunInfo, jobs, err) -> bool:
+    """The --json report: what ran (version, model and weights' hash, device, precision, tiling), totals and
+    every file; a failure to write it is one error line (exit 1), not a traceback after the work is done."""
+    from ribsr_cli import __version__
+
+    counts = Counter(j.status for j in jobs)
+    done = [j for j in jobs if j.status == "done"]
+    totals = {"files": len(jobs), **{k: counts.get(k, 0) for k in ("done", "skipped", "failed", "interrupted")},
+              "input_megapixels": round(sum(j.in_size[0] * j.in_size[1] for j in done) / 1e6, 6),
+              "output_megapixels": round(sum(j.out_size[0] * j.out_size[1] for j in done) / 1e6, 6),
+              "elapsed_seconds": round(run.seconds, 3)}
+    doc = {"ribsr_version": __version__, "model": run.model, "model_sha256": run.sha256, "model_source": run.source,
+           "scale": run.scale, "outscale": run.outscale or run.scale, "device": run.device,
+           "precision": run.precision, "attention": run.attention, "tile": run.tile,
+           "tile_overlap": run.tile_overlap, "tta": run.tta, "totals": totals, "files": [j.as_dict() for j in jobs]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
         err.print(f"[red]error:[/] {path}: cannot write the JSON report ({exc.strerror or exc})", highlight=False)
         return False
     return True
 
 
-def _usage_exit(err, exc: Exception) -> NoReturn:
-    err.print(f"[red]error:[/] {str(exc).splitlines()[0]}", highlight=False)
+def _usage_exit(err, exc: Exception | str) -> NoReturn:
+    from rich.markup import escape  # a reason may hold brackets (pip install "ribsr[models]"): not markup
+
+    err.print(f"[red]error:[/] {escape(str(exc).splitlines()[0])}", highlight=False)
     raise typer.Exit(2)
 
 
 def _check_run_options(err, device: str, precision: str, attention: str):
-    """The device to run on; a bad --device/--precision/--attention is a usage error before any planning."""
-    from ribsr_cli.engine.inference import check_run_options
+    """(device, dtype) to run with; a bad --device/--precision/--attention, or a kernel this machine cannot
+    run, is a usage error before any planning (not one failure per file)."""
+    from ribsr_cli.commands.options import check_attention_kernel
+    from ribsr_cli.engine.inference import check_run_options, pick_dtype
 
     try:
-        return check_run_options(device, precision, attention)
+        dev = check_run_options(device, precision, attention)
+        dtype = pick_dtype(precision, dev)
+        check_attention_kernel(attention, dev, dtype)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
         _usage_exit(err, exc)
+    return dev, dtype
 
 
-def _load_engine(err, model, arch, scale, dev, precision, attention, tile, overlap, batch_tiles, tta, outscale):
+def _load_engine(err, model, arch, scale, dev, precision, attention, tile, overlap, batch_tiles, tta, outscale,
+                 denoise=None):
     from ribsr_cli.engine.checkpoint import CheckpointError
-    from ribsr_cli.engine.inference import prepare
+    from ribsr_cli.engine.inference import pick_dtype, precision_name, prepare
     from ribsr_cli.engine.registry import resolve
     from ribsr_cli.upscaling import Engine
 
     try:
-        label, net = resolve(model, scale, arch)
+        label, net = resolve(model, scale, arch, denoise=denoise)
         autocast = prepare(net, dev, precision, attention)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         _usage_exit(err, exc)
-    return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast, outscale)
+    for note in getattr(net, "notes", []):  # a foreign model's precision fallback
+        err.print(f"[yellow]warning[/] {note}", highlight=False)
+    return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast, outscale,
+                  precision=getattr(net, "run_precision", None) or precision_name(pick_dtype(precision, dev)),
+                  sha256=getattr(net, "sha256", None),
+                  source=getattr(net, "source", None))
 
 
-def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose) -> bool:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose, remote=None) -> bool:
+    """Upscale the pending jobs under one progress bar; True when Ctrl-C stopped the batch.
 
+    `remote(jobs)`, when given, does the work elsewhere (Ray) and yields each job once its status row is in:
+    the bar, the per-file lines and the report then follow the rows as they arrive."""
+    from ribsr_cli.commands.upscale_progress import BatchProgress
     from ribsr_cli.upscaling import process
 
     pending = [j for j in jobs if j.status == "pending"]
     for job in jobs:
         if job.status == "failed":
             err.print(f"[red]failed[/] {job.source}: {job.reason}", highlight=False)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=err, disable=quiet or not pending, transient=False)
+        elif job.status == "skipped" and verbose:
+            err.print(f"skipped {job.source}: {job.reason}", highlight=False)
+    bar = BatchProgress(pending, err, disable=quiet or not pending)
     interrupted = False
-    with progress:
-        files = progress.add_task("files", total=len(pending))
-        tiles = progress.add_task("tiles", total=1, visible=False)
-
-        def on_tile(done: int, total: int) -> None:
-            progress.update(tiles, completed=done, total=total, visible=total > 1)
-
+    with bar:
         job = None
         try:  # Ctrl-C may land between files too; outputs are atomic, so only the report needs care
-            for job in pending:
-                progress.update(files, description=f"files  {job.source.name[:40]}")
-                process(job, engine, fmt=fmt, quality=quality, max_pixels=max_pixels, on_tile=on_tile)
-                progress.update(tiles, visible=False, completed=0)
-                progress.advance(files)
+            for job in (pending if remote is None else remote(jobs)):
+                bar.start_file(job)
+                if remote is None:
+                    process(job, engine, fmt=fmt, quality=quality, max_pixels=max_pixels, on_tile=bar.on_tile)
+                bar.finish_file(job)
                 if job.status == "failed":
-                    progress.console.print(f"[red]failed[/] {job.source}: {job.reason}", highlight=False)
+                    bar.print(f"[red]failed[/] {job.source}: {job.reason}")
                 elif verbose:
                     extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
-                    kernel = f", kernel {', '.join(job.kernels)}" if job.kernels else ""
-                    progress.console.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s{kernel}{extra}",
-                                           highlight=False)
+                    kernel = f", kernel {', '.join(job.kernels)} ({engine.precision})" if job.kernels else ""
+                    tile = "whole" if not job.tile else f"{job.tile} px"
+                    bar.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s, tile {tile}{kernel}{extra}")
                 elif job.warnings and not quiet:
-                    progress.console.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}", highlight=False)
+                    bar.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}")
         except KeyboardInterrupt:
-            if job is not None and job.status == "pending":
-                job.status, job.reason = "failed", "interrupted"
+            if job is not None and job.status == "pending":  # stopped before process() could mark it
+                job.status, job.reason = "interrupted", "interrupted (Ctrl-C) before it was written"
             interrupted = True
     return interrupted
 
 
-def _summary(jobs, console, err, quiet: bool, interrupted: bool) -> None:
+def _summary(jobs, console, err, quiet: bool, interrupted: bool, seconds: float, precision: str = "") -> None:
+    """The table (or one line with -q), skip reasons counted, failures named; `seconds` is the wall time."""
     from rich.table import Table
 
     done = [j for j in jobs if j.status == "done"]
     skipped = [j for j in jobs if j.status == "skipped"]
     failed = [j for j in jobs if j.status == "failed"]
-    seconds = sum(j.seconds for j in jobs)
+    stopped = [j for j in jobs if j.status == "interrupted"]
     mp = sum(j.out_size[0] * j.out_size[1] for j in done) / 1e6
     if not quiet:
         table = Table(title="ribsr upscale summary")
-        for col in ("done", "skipped", "failed", "time", "output MP/s"):
+        cols = ["done", "skipped", "failed"] + (["interrupted"] if stopped else []) + ["time", "output MP/s"]
+        for col in cols:
             table.add_column(col, justify="right")
-        table.add_row(str(len(done)), str(len(skipped)), str(len(failed)), f"{seconds:.1f} s",
-                      f"{mp / seconds:.2f}" if seconds and mp else "-")
+        cells = [str(len(done)), str(len(skipped)), str(len(failed))] + ([str(len(stopped))] if stopped else [])
+        table.add_row(*cells, f"{seconds:.1f} s", f"{mp / seconds:.2f}" if seconds and mp else "-")
         console.print(table)
+        for reason, count in Counter(j.reason for j in skipped).most_common():
+            console.print(f"  skipped {count}: {reason}", highlight=False)
         for job in failed:
             console.print(f"  [red]failed[/] {job.source}: {job.reason}", highlight=False)
         kernels = list(dict.fromkeys(k for j in done for k in j.kernels))
         if kernels:
-            console.print(f"attention kernel that ran: {', '.join(kernels)}", highlight=False)
+            ran_in = f" ({precision})" if precision else ""
+            console.print(f"attention kernel that ran: {', '.join(kernels)}{ran_in}", highlight=False)
     else:
-        console.print(f"{len(done)} done, {len(skipped)} skipped, {len(failed)} failed", highlight=False)
+        line = f"{len(done)} done, {len(skipped)} skipped, {len(failed)} failed"
+        console.print(line + (f", {len(stopped)} interrupted" if stopped else ""), highlight=False)
     if interrupted:
         waiting = sum(j.status == "pending" for j in jobs)
-        err.print(f"[yellow]interrupted:[/] {len(done)} file(s) finished and kept, {waiting} not started; "
+        what = f"; {stopped[0].source} stopped after {stopped[0].seconds:.1f} s, not written" if stopped else ""
+        err.print(f"[yellow]interrupted:[/] {len(done)} file(s) finished and kept, {waiting} not started{what}; "
                   "no partial output was left", highlight=False)

@@ -1,86 +1,93 @@
-"""Shipped weights: `weights/MANIFEST.json` names each model, its scale and sha256.
+"""Resolution of a user's `-m` value into a loaded, verified network.
 
-Resolution of a user's `-m` value: a shipped model name, else a checkpoint path
-(with an optional architecture), else the shipped default for the scale.
-Shipped files are verified against their sha256 before loading.
+In order: the shipped default for the scale (no `-m`), a shipped or stored model name (`catalog`), else a
+checkpoint path (with an optional architecture): SST checkpoints through ribsr's own engine, any other
+single-image upscaling model through spandrel (`engine/foreign.py`, the optional `models` extra). Shipped
+and stored files are verified against their recorded sha256 before loading. The network comes back labelled with where it came from
+(`net.model_name`, `net.source` = shipped | stored | file, `net.sha256`), so reports can record exactly
+which weights ran.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
 from pathlib import Path
-from typing import Any
 
-from ribsr_cli.engine.checkpoint import CheckpointError, load_model
-from ribsr_cli.engine.network import SST
+import torch.nn as nn
 
+from ribsr_cli.catalog import ModelEntry, all_models, default_model, find_model, sha256_file, verify
+from ribsr_cli.catalog import VARIANTS, variant_model
+from ribsr_cli.catalog import manifest, weights_dir  # noqa: F401 - re-exported for existing callers
+from ribsr_cli.engine.checkpoint import ARCH_KEY, CheckpointError, load_model, read_state_dict
 
-def weights_dir() -> Path:
-    """`$RIBSR_WEIGHTS_DIR`, else the repository's `weights/` beside the package."""
-    env = os.environ.get("RIBSR_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "weights"
-
-
-def manifest() -> list[dict[str, Any]]:
-    path = weights_dir() / "MANIFEST.json"
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text())["models"]
+SST_MARKER_KEYS = ("proj.weight", "body.0.0.norm_attn.weight")  # what every SST/RIB state dict has
 
 
-@functools.lru_cache(maxsize=64)
-def sha256_of(path: str, mtime: float) -> str:  # mtime keys the cache on file changes
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _label(net: nn.Module, name: str, source: str, sha256: str) -> nn.Module:
+    net.model_name, net.source, net.sha256 = name, source, sha256  # type: ignore[attr-defined]
+    return net
 
 
-def shipped_entry(name: str) -> dict[str, Any] | None:
-    for entry in manifest():
-        if entry["name"].lower() == name.lower():
-            return entry
-    return None
+def is_sst(state: dict, metadata: dict) -> bool:
+    """ribsr's own format, or the authors' SST layout: these go to ribsr's engine, never to spandrel."""
+    return ARCH_KEY in metadata or all(k in state for k in SST_MARKER_KEYS)
 
 
-def default_entry(scale: int) -> dict[str, Any] | None:
-    """The shipped default for a scale: the entry marked default, else the first of that scale."""
-    candidates = [e for e in manifest() if e["scale"] == scale]
-    marked = [e for e in candidates if e.get("default")]
-    return (marked or candidates or [None])[0]
+def load_checkpoint(path: str | Path, arch: str | None = None, device: str = "cpu") -> nn.Module:
+    """Any single-image upscaling checkpoint: SST through ribsr's engine (`--arch` applies to SST only),
+    anything else through spandrel (the optional `models` extra); one CheckpointError line on failure."""
+    state, metadata = read_state_dict(path)
+    if arch is not None or is_sst(state, metadata):
+        return load_model(path, arch, device=device)
+    from ribsr_cli.engine.foreign import load_foreign
+
+    return load_foreign(state, path, device)
 
 
-def load_shipped(entry: dict[str, Any], device: str = "cpu") -> SST:
-    path = weights_dir() / entry["file"]
-    if not path.is_file():
-        raise CheckpointError(path, "shipped weights file is missing")
-    actual = sha256_of(str(path), path.stat().st_mtime)
-    if actual != entry["sha256"]:
-        raise CheckpointError(path, f"sha256 mismatch (expected {entry['sha256'][:12]}…, got {actual[:12]}…): file is damaged")
-    return load_model(path, device=device)
+def load_entry(entry: ModelEntry, device: str = "cpu") -> nn.Module:
+    """A shipped or stored model, loaded after its sha256 check (stored foreign models through spandrel)."""
+    path = verify(entry)
+    if entry.family == "spandrel":
+        from ribsr_cli.engine.foreign import load_foreign
+
+        net = load_foreign(read_state_dict(path)[0], path, device)
+    else:
+        net = load_model(path, device=device)
+    return _label(net, entry.name, entry.source, entry.sha256)
 
 
-def resolve(model: str | None, scale: int, arch: str | None = None, device: str = "cpu") -> tuple[str, SST]:
-    """(display name, model) for a `-m` value; every failure is a one-line CheckpointError."""
-    if model is None:
-        entry = default_entry(scale)
+def resolve(model: str | None, scale: int, arch: str | None = None, device: str = "cpu",
+            denoise: float | None = None) -> tuple[str, nn.Module]:
+    """(display name, model) for a `-m` value; every failure is a one-line CheckpointError.
+
+    `-m clean` / `-m real` (when no model has that name) pick the shipped model of that variant at `scale`;
+    `denoise` mixes the scale's clean and real models (`engine/interpolate.py`).
+    """
+    if denoise is not None:
+        from ribsr_cli.engine.interpolate import load_denoised
+
+        return load_denoised(model, scale, denoise, device)
+    if model is not None and model.lower() in VARIANTS and find_model(model) is None:
+        entry = variant_model(model.lower(), scale)
         if entry is None:
-            available = sorted({e["scale"] for e in manifest()})
+            have = sorted({e.scale for e in all_models() if e.source == "shipped" and e.variant == model.lower()})
+            raise CheckpointError(model, f"no shipped {model.lower()} model for x{scale} "
+                                         f"({model.lower()} models ship for: {', '.join(f'x{s}' for s in have) or 'none'})")
+        return entry.name, load_entry(entry, device)
+    if model is None:
+        entry = default_model(scale)
+        if entry is None:
+            available = sorted({e.scale for e in all_models() if e.source == "shipped"})
             raise CheckpointError(weights_dir(), f"no shipped model for x{scale} (shipped scales: {available or 'none'})")
-        return entry["name"], load_shipped(entry, device)
-    entry = shipped_entry(model)
+        return entry.name, load_entry(entry, device)
+    entry = find_model(model)
     if entry is not None:
-        net = load_shipped(entry, device)
-        name = entry["name"]
+        net = load_entry(entry, device)
+        name = entry.name
     else:
         if not Path(model).exists():
-            names = ", ".join(e["name"] for e in manifest()) or "none"
-            raise CheckpointError(model, f"neither a shipped model ({names}) nor an existing file")
-        net = load_model(model, arch, device=device)
+            names = ", ".join(e.name for e in all_models()) or "none"
+            raise CheckpointError(model, f"neither a shipped or stored model ({names}) nor an existing file")
+        net = _label(load_checkpoint(model, arch, device=device), Path(model).stem, "file", sha256_file(model))
         name = Path(model).stem
     if net.scale != scale:
         raise CheckpointError(model, f"model upscales x{net.scale}, but x{scale} was asked")
