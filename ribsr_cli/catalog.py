@@ -198,6 +198,11 @@ def variant_model(variant: str, scale: int) -> ModelEntry | None:
     return (marked or candidates or [None])[0]
 
 
+def shipped_scales(variant: str | None = None) -> list[int]:
+    """The scales shipped models cover (of one variant, when given), for "x3 is not shipped" messages."""
+    return sorted({e.scale for e in shipped_models() if variant is None or e.variant == variant})
+
+
 def _card_path(name: str) -> Path | None:
     return store_dir() / f"{name}{CARD_SUFFIX}" if NAME_PATTERN.match(name) else None
 

@@ -163,6 +163,19 @@ def _explain_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
     return None
 
 
+SST_LAYOUT_KEYS = ("proj.weight", "body.0.0.norm_attn.weight")  # what every SST/RIB state dict has
+
+
+def is_sst(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    """ribsr's own format, or the authors' SST layout: these go to ribsr's engine, never to spandrel."""
+    return ARCH_KEY in metadata or all(k in state for k in SST_LAYOUT_KEYS)
+
+
+def preset_name_of(arch: dict[str, Any]) -> str | None:
+    """The preset whose normalised architecture equals `arch`, if any (a model's display name)."""
+    return next((name for name, preset in PRESETS.items() if normalize_arch(preset) == arch), None)
+
+
 def load_model(
     path: str | Path,
     arch: str | dict | Path | None = None,
@@ -171,6 +184,18 @@ def load_model(
 ) -> SST:
     """A ready-to-run SST (eval mode) from a checkpoint file; every failure is a one-line CheckpointError."""
     state, metadata = read_state_dict(path)
+    return model_from_state(state, metadata, path, arch, device=device)
+
+
+def model_from_state(
+    state: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    path: str | Path,
+    arch: str | dict | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> SST:
+    """`load_model` for a state dict already read by `read_state_dict` (`path` names it in errors)."""
     try:
         if ARCH_KEY in metadata:
             arch_dict = json.loads(metadata[ARCH_KEY])

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ribsr_cli.catalog import ModelEntry, find_model, shipped_models, variant_model
+from ribsr_cli.catalog import ModelEntry, find_model, shipped_models, shipped_scales, variant_model
 from ribsr_cli.engine.checkpoint import CheckpointError
 
 
@@ -47,7 +47,7 @@ def denoise_pair(model: str | None, scale: int) -> tuple[ModelEntry, ModelEntry]
     else:
         clean, real = entry, _partner_of(entry)
     if clean is None or real is None:
-        have = sorted({e.scale for e in shipped_models() if e.variant == "real"})
+        have = shipped_scales("real")
         raise CheckpointError(model or f"x{scale}", f"--denoise needs a shipped clean and real model at x{scale} "
                                                     f"(real models ship for: {', '.join(f'x{s}' for s in have) or 'none'})")
     return clean, real
@@ -98,7 +98,7 @@ def check_strength(strength: float) -> float:
 
 def load_denoised(model: str | None, scale: int, strength: float, device: str = "cpu") -> tuple[str, nn.Module]:
     """(label, network) for `--denoise strength`: the clean network carrying the interpolated weights."""
-    from ribsr_cli.engine.registry import load_entry
+    from ribsr_cli.engine.registry import label as label_weights, load_entry
 
     strength = check_strength(strength)
     clean_entry, real_entry = denoise_pair(model, scale)
@@ -110,8 +110,7 @@ def load_denoised(model: str | None, scale: int, strength: float, device: str = 
     with torch.no_grad():
         net.load_state_dict(interpolate_state(net.state_dict(), real.state_dict(), strength))
     label = f"{clean_entry.name}+real@{strength:g}"
-    net.model_name, net.source = label, "shipped"  # type: ignore[attr-defined]
-    net.sha256 = f"{clean_entry.sha256}+{real_entry.sha256}"  # type: ignore[attr-defined]
+    label_weights(net, label, "shipped", f"{clean_entry.sha256}+{real_entry.sha256}")
     net.components = [  # type: ignore[attr-defined]
         {"name": clean_entry.name, "sha256": clean_entry.sha256, "weight": 1.0 - strength},
         {"name": real_entry.name, "sha256": real_entry.sha256, "weight": strength}]

@@ -14,45 +14,36 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ribsr_cli.catalog import ModelEntry, all_models, default_model, find_model, sha256_file, verify
-from ribsr_cli.catalog import VARIANTS, variant_model
-from ribsr_cli.catalog import manifest, weights_dir  # noqa: F401 - re-exported for existing callers
-from ribsr_cli.engine.checkpoint import ARCH_KEY, CheckpointError, load_model, read_state_dict
-
-SST_MARKER_KEYS = ("proj.weight", "body.0.0.norm_attn.weight")  # what every SST/RIB state dict has
+from ribsr_cli.catalog import VARIANTS, ModelEntry, all_models, default_model, find_model, sha256_file
+from ribsr_cli.catalog import shipped_scales, variant_model, verify, weights_dir
+from ribsr_cli.engine.checkpoint import CheckpointError, is_sst, load_model, model_from_state, read_state_dict
+from ribsr_cli.engine import foreign  # spandrel itself is imported only when a model needs it
 
 
-def _label(net: nn.Module, name: str, source: str, sha256: str) -> nn.Module:
+def label(net: nn.Module, name: str, source: str, sha256: str) -> nn.Module:
+    """Mark a network with the weights it carries, for every report (`model_name`, `source`, `sha256`)."""
     net.model_name, net.source, net.sha256 = name, source, sha256  # type: ignore[attr-defined]
     return net
 
 
-def is_sst(state: dict, metadata: dict) -> bool:
-    """ribsr's own format, or the authors' SST layout: these go to ribsr's engine, never to spandrel."""
-    return ARCH_KEY in metadata or all(k in state for k in SST_MARKER_KEYS)
-
-
 def load_checkpoint(path: str | Path, arch: str | None = None, device: str = "cpu") -> nn.Module:
     """Any single-image upscaling checkpoint: SST through ribsr's engine (`--arch` applies to SST only),
-    anything else through spandrel (the optional `models` extra); one CheckpointError line on failure."""
+    anything else through spandrel (the optional `models` extra); one CheckpointError line on failure.
+    The file is read once, here, whichever way it goes."""
     state, metadata = read_state_dict(path)
     if arch is not None or is_sst(state, metadata):
-        return load_model(path, arch, device=device)
-    from ribsr_cli.engine.foreign import load_foreign
-
-    return load_foreign(state, path, device)
+        return model_from_state(state, metadata, path, arch, device=device)
+    return foreign.load_foreign(state, path, device)
 
 
 def load_entry(entry: ModelEntry, device: str = "cpu") -> nn.Module:
     """A shipped or stored model, loaded after its sha256 check (stored foreign models through spandrel)."""
     path = verify(entry)
-    if entry.family == "spandrel":
-        from ribsr_cli.engine.foreign import load_foreign
-
-        net = load_foreign(read_state_dict(path)[0], path, device)
+    if entry.family == foreign.FAMILY:
+        net = foreign.load_foreign(read_state_dict(path)[0], path, device)
     else:
         net = load_model(path, device=device)
-    return _label(net, entry.name, entry.source, entry.sha256)
+    return label(net, entry.name, entry.source, entry.sha256)
 
 
 def resolve(model: str | None, scale: int, arch: str | None = None, device: str = "cpu",
@@ -69,14 +60,14 @@ def resolve(model: str | None, scale: int, arch: str | None = None, device: str 
     if model is not None and model.lower() in VARIANTS and find_model(model) is None:
         entry = variant_model(model.lower(), scale)
         if entry is None:
-            have = sorted({e.scale for e in all_models() if e.source == "shipped" and e.variant == model.lower()})
+            have = shipped_scales(model.lower())
             raise CheckpointError(model, f"no shipped {model.lower()} model for x{scale} "
                                          f"({model.lower()} models ship for: {', '.join(f'x{s}' for s in have) or 'none'})")
         return entry.name, load_entry(entry, device)
     if model is None:
         entry = default_model(scale)
         if entry is None:
-            available = sorted({e.scale for e in all_models() if e.source == "shipped"})
+            available = shipped_scales()
             raise CheckpointError(weights_dir(), f"no shipped model for x{scale} (shipped scales: {available or 'none'})")
         return entry.name, load_entry(entry, device)
     entry = find_model(model)
@@ -87,7 +78,7 @@ def resolve(model: str | None, scale: int, arch: str | None = None, device: str 
         if not Path(model).exists():
             names = ", ".join(e.name for e in all_models()) or "none"
             raise CheckpointError(model, f"neither a shipped or stored model ({names}) nor an existing file")
-        net = _label(load_checkpoint(model, arch, device=device), Path(model).stem, "file", sha256_file(model))
+        net = label(load_checkpoint(model, arch, device=device), Path(model).stem, "file", sha256_file(model))
         name = Path(model).stem
     if net.scale != scale:
         raise CheckpointError(model, f"model upscales x{net.scale}, but x{scale} was asked")

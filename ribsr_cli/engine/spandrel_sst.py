@@ -18,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ribsr_cli.engine.checkpoint import _arch_from_argument, detect_arch
+from ribsr_cli.engine.checkpoint import SST_LAYOUT_KEYS, _arch_from_argument, detect_arch, preset_name_of
 from ribsr_cli.engine.network import SST
-from ribsr_cli.engine.presets import PRESETS, normalize_arch
+from ribsr_cli.engine.presets import normalize_arch
 from ribsr_cli.engine.spandrel_import import import_spandrel
 
 ARCH_ID = "SST"
-SST_KEYS = ("proj.weight", "body.0.0.norm_attn.weight", "upsampler.up_conv.weight")
+SST_KEYS = SST_LAYOUT_KEYS + ("upsampler.up_conv.weight",)  # spandrel's detection also wants ribsr's upsampler
 
 
 def is_sst_state(state: dict[str, Any]) -> bool:
@@ -33,7 +33,7 @@ def is_sst_state(state: dict[str, Any]) -> bool:
 
 
 def _tags(arch: dict[str, Any]) -> list[str]:
-    preset = next((name for name, p in PRESETS.items() if normalize_arch(p) == arch), None)
+    preset = preset_name_of(arch)
     return ([preset] if preset else []) + [f"{arch['dim']}dim", arch["attn_type"]]
 
 

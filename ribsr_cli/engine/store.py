@@ -23,9 +23,10 @@ import torch
 
 from ribsr_cli import __version__
 from ribsr_cli.catalog import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelEntry, check_name, find_model, read_card, sha256_file, store_dir
-from ribsr_cli.engine.checkpoint import _arch_from_argument, load_model, read_state_dict, save_model
-from ribsr_cli.engine.presets import PRESETS, normalize_arch
-from ribsr_cli.engine.registry import is_sst
+from ribsr_cli.engine.checkpoint import _arch_from_argument, preset_name_of, save_model
+from ribsr_cli.engine.foreign import FAMILY, foreign_state_dict
+from ribsr_cli.engine.presets import normalize_arch
+from ribsr_cli.engine.registry import load_checkpoint
 from ribsr_cli.errors import CheckpointError, ModelStoreError
 
 SMOKE_SIDE = 20  # LR side of the proving forward: not a multiple of any window, so padding is exercised too
@@ -36,14 +37,6 @@ def default_name(path: str | Path) -> str:
     stem = Path(path).name.split(".")[0] or "model"
     cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-._+")
     return (cleaned or "model")[:64]
-
-
-def preset_name_of(arch: dict[str, Any]) -> str | None:
-    """The preset whose normalised architecture equals `arch`, if any (its display name in the store)."""
-    for name, preset in PRESETS.items():
-        if normalize_arch(preset) == arch:
-            return name
-    return None
 
 
 def prove(model: torch.nn.Module, path: str | Path) -> None:
@@ -65,10 +58,9 @@ def add_model(path: str | Path, name: str | None = None, arch: str | None = None
     source = Path(path)
     name = name or default_name(source)
     check_name(name)
-    state, metadata = read_state_dict(source)
-    if arch is None and not is_sst(state, metadata):
-        return _add_foreign(source, name, state)
-    model = load_model(source, arch)
+    model = load_checkpoint(source, arch)  # the one SST-or-spandrel routing rule, and the only read of the file
+    if getattr(model, "family", None) == FAMILY:
+        return _add_foreign(source, name, model)
     if arch is not None:  # a file's own metadata wins over --arch in load_model: a disagreement is an error
         try:
             asked = normalize_arch(_arch_from_argument(arch))
@@ -85,14 +77,11 @@ def add_model(path: str | Path, name: str | None = None, arch: str | None = None
     return _commit(name, lambda tmp: save_model(model, tmp, provenance), card)
 
 
-def _add_foreign(source: Path, name: str, state: dict[str, torch.Tensor]) -> ModelEntry:
+def _add_foreign(source: Path, name: str, model: torch.nn.Module) -> ModelEntry:
     """A spandrel architecture (ESRGAN, Compact, SwinIR, ...): proved like SST, then kept as safetensors of
     spandrel's canonical weights, with `family: spandrel` and the architecture's name on the card."""
     from safetensors.torch import save_file
 
-    from ribsr_cli.engine.foreign import FAMILY, foreign_state_dict, load_foreign
-
-    model = load_foreign(state, source)
     prove(model, source)
     provenance = _provenance(source, {})
     arch = {"spandrel_id": model.arch_id, "tags": model.tags, "input_channels": model.input_channels,
