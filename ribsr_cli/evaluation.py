@@ -27,11 +27,11 @@ import numpy as np
 
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize_np, modcrop
+from ribsr_cli.paths import IMAGE_SUFFIXES
 
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 
 BICUBIC = "bicubic"
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # Bicubic PSNR-Y (dB) as published for the standard sets (e.g. the EDSR/RCAN tables).
 PUBLISHED_BICUBIC: dict[str, dict[int, float]] = {

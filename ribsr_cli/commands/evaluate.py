@@ -107,13 +107,18 @@ LR_SOURCES = {
 }
 _BICUBIC_TEXT = ("MATLAB-compatible imresize(HR, 1/scale): bicubic a=-0.5, antialiased, symmetric edges, "
                  "uint8 rounding after each pass (height first)")
-DEGRADATION_TEXT = {
-    "none": _BICUBIC_TEXT,
-    "bicubic": _BICUBIC_TEXT,
-    "real": ("ribsr_cli.training.degrade.degrade_for_eval: Gaussian blur sigma 0.8 HR px (7x7, reflect) rounded to "
-             "uint8; then " + _BICUBIC_TEXT + "; then Gaussian colour noise sigma 4/255 (numpy PCG64 seeded from "
-             "the HR bytes, shape and scale) rounded to uint8; then Pillow JPEG quality 80, 4:2:0, decoded"),
-}
+
+
+def degradation_text(mode: str) -> str:
+    """How the LR was made, for the protocol record; the real recipe's numbers come from its one definition."""
+    if mode != "real":
+        return _BICUBIC_TEXT
+    from ribsr_cli.training.degrade import EVAL_BLUR_SIGMA, EVAL_JPEG_QUALITY, EVAL_NOISE_SIGMA
+
+    return (f"ribsr_cli.training.degrade.degrade_for_eval: Gaussian blur sigma {EVAL_BLUR_SIGMA:g} HR px (7x7, "
+            f"reflect) rounded to uint8; then {_BICUBIC_TEXT}; then Gaussian colour noise sigma "
+            f"{EVAL_NOISE_SIGMA * 255:g}/255 (numpy PCG64 seeded from the HR bytes, shape and scale) rounded to "
+            f"uint8; then Pillow JPEG quality {EVAL_JPEG_QUALITY}, 4:2:0, decoded")
 DEGRADE_TITLES = {"none": "", "bicubic": " (LR: ribsr bicubic)", "real": " (degraded input: --degrade real)"}
 
 
@@ -130,7 +135,7 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
         "lr_source": LR_SOURCES[args["degrade"]],
         "lr_official_files": report_lr,
         "degrade": args["degrade"],
-        "degradation": DEGRADATION_TEXT[args["degrade"]],
+        "degradation": degradation_text(args["degrade"]),
         "bicubic_upscaler": "the same imresize(LR, scale) on uint8",
         "sr_quantization": "uint8, round half away from zero, clipped to 0..255",
         "channel": "RGB (mean over channels)" if args["rgb"] else "Y",
@@ -283,8 +288,13 @@ def command(
         degrade = "bicubic"
     if denoise is not None and no_model:
         _fail("--denoise mixes two models; it cannot go with --no-model")
-    if denoise is not None and not 0.0 <= denoise <= 1.0:
-        _fail(f"--denoise {denoise:g}: give a strength from 0 (the clean model) to 1 (the real model)")
+    if denoise is not None:
+        from ribsr_cli.engine.interpolate import check_strength
+
+        try:
+            check_strength(denoise)
+        except ValueError as exc:
+            _fail(str(exc))
     if baseline is not None and baseline.lower() not in BASELINES:
         _fail(f"unknown baseline {baseline!r}: choose {', '.join(BASELINES)}")
     scales = parse_scales(scale)

@@ -40,9 +40,6 @@ EXAMPLES: dict[str, list[str]] = {
         "ribsr info            # devices and the attention kernel each --attention choice runs",
         "ribsr info --json",
     ],
-    "models": [
-        "ribsr models",
-    ],
 }
 
 

@@ -13,7 +13,6 @@ from typing import Optional
 
 import typer
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_TILE = 32
 FORMAT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 

@@ -35,8 +35,10 @@ def command(
     from ribsr_cli.paths import benchmarks_dir
     from ribsr_cli.training.trainer import TrainConfig, TrainingInterrupted, train
 
-    if degradation not in ("bicubic", "real"):
-        typer.echo(f"error: --degradation must be bicubic or real, got {degradation!r}", err=True)
+    from ribsr_cli.training.degrade import DEGRADATIONS
+
+    if degradation not in DEGRADATIONS:
+        typer.echo(f"error: --degradation must be {' or '.join(DEGRADATIONS)}, got {degradation!r}", err=True)
         raise typer.Exit(2)
 
     cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
