@@ -229,8 +229,7 @@ def section_network(suite: Suite, name: str, device: torch.device, presets: list
             continue
         try:
             rows = bm.run_network(opts, device, dtype, suite.log, preset=preset)
-            out[preset] = [{**r.as_json(), "kernels": r.kernel, "ms_p10": r.ms_p10, "ms_p90": r.ms_p90,
-                            "rpb_over_this": ratio, "skipped": r.skipped}
+            out[preset] = [{**r.as_json(), "rpb_over_this": ratio}  # as_json keeps a skip reason out of "kernel"
                            for r, ratio in zip(rows, bm.compare_network(rows))]
         except Exception as exc:  # SST base may not fit a small GPU: keep SST-light's rows
             out["errors"][preset] = out[preset] = f"{type(exc).__name__}: {exc}"

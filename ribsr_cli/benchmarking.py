@@ -742,9 +742,6 @@ def run_attention(opts: Options, shape: CoreShape, device: torch.device, dtype: 
                 env.setdefault("profiler_attention_kernels", {}).setdefault(str(ws), {})[name] = seen
             except Exception as exc:
                 rows[name].note = f"profiler failed: {_failure(exc)}"
-        for row in rows.values():
-            if row.skipped:
-                row.kernel = row.skipped
         out_rows += rows.values()
         del jobs, q, k, v, outputs
         release_memory(device)
@@ -837,9 +834,6 @@ def _measure_network(jobs: dict[str, Job], rows: dict[str, NetworkRow], device: 
     # The first network call mostly builds positional caches, which the memory call pays anyway;
     # --quick skips the separate warm-up (not on CUDA, whose first call also initialises libraries).
     measure(jobs, rows, device, opts, keep, warmup=not (opts.quick and device.type == "cpu"))  # type: ignore[arg-type]
-    for row in rows.values():
-        if row.skipped:
-            row.kernel = row.skipped
 
 
 # ---- the whole run ------------------------------------------------------------------

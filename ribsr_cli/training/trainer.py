@@ -63,13 +63,14 @@ class TrainConfig:
 
 def training_autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
     """Mixed precision for training steps, the inference policy's (`inference.pick_dtype`) applied to
-    training: bf16 autocast on CUDA and on CPUs with native bf16 (1.5-2x faster steps there), fp32 on
+    training: bf16 autocast on CUDA from sm80 and on CPUs with native bf16 (1.5-2x faster steps there), fp32 on
     other CPUs, where emulated bf16 is slower. fp16 is not offered: it would need loss scaling."""
-    from ribsr_cli.engine.inference import cpu_native_bf16
+    from ribsr_cli.engine.inference import pick_dtype
 
     if precision not in ("auto", "fp32"):
         raise ValueError(f"training precision {precision!r}: use auto or fp32")
-    bf16 = precision == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_native_bf16()))
+    # the inference policy decides; where it would pick fp16 (CUDA before sm80) training stays fp32
+    bf16 = precision == "auto" and pick_dtype("auto", device) == torch.bfloat16
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
