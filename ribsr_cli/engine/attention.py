@@ -153,8 +153,7 @@ class WindowAttention(nn.Module):
 
     def _cached(self, kind: str, device: torch.device, dtype: torch.dtype, make):
         """Positional tensors depend only on the weights: reuse them at inference, recompute in training."""
-        if not self.cache_positional or self.training or (
-                torch.is_grad_enabled() and any(p.requires_grad for p in self._positional_params())):
+        if not self.cache_positional or self.training or self.positional_needs_grad():
             return make()
         stamp = tuple((p.data_ptr(), p._version) for p in self._positional_params())
         key = (kind, device, dtype)
