@@ -118,7 +118,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_case(case: str, repeats: int, threads: int, with_rss: bool) -> None:
     from ribsr_cli.engine import attention_report
-    from ribsr_cli.engine.inference import auto_precision
+    from ribsr_cli.engine.runtime import auto_precision
 
     model, x = load_case(case)
     outputs, ran, times = {}, {}, {c[0]: [] for c in CONFIGS}

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from ribsr_cli import benchmarking as bm  # noqa: E402
 from ribsr_cli.commands.info import environment  # noqa: E402
 from ribsr_cli.engine import attention_report, build_model, configure_attention  # noqa: E402
-from ribsr_cli.engine.inference import TF32Off  # noqa: E402
+from ribsr_cli.engine.runtime import TF32Off  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 SECTIONS = ("env", "parity", "attention", "network", "upscale", "attention_train")

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ribsr_cli.benchmarking import device_name, peak_memory_mb, time_ms  # noqa: E402
 from ribsr_cli.engine import build_model  # noqa: E402
-from ribsr_cli.engine.inference import pick_device, precision_name, prepare  # noqa: E402
+from ribsr_cli.engine.inference import prepare  # noqa: E402
+from ribsr_cli.engine.runtime import pick_device, precision_name
 from ribsr_cli.engine.spandrel_import import import_spandrel  # noqa: E402
 
 SST_PRESETS = ("ribsr-s-x4", "SST-light-x4", "SST-x4")
@@ -87,7 +88,7 @@ def measure(model: torch.nn.Module, tile: int, repeats: int, device: torch.devic
 
 
 def _sst_dtype(precision: str, device: torch.device) -> torch.dtype:
-    from ribsr_cli.engine.inference import pick_dtype
+    from ribsr_cli.engine.runtime import pick_dtype
 
     return pick_dtype(precision, device)
 

@@ -39,7 +39,7 @@ def run_once(pool: Path, out: Path, precision: str, args) -> tuple[list[float], 
 
 
 def main() -> None:
-    from ribsr_cli.engine.inference import cpu_native_bf16
+    from ribsr_cli.engine.runtime import cpu_native_bf16
     from ribsr_cli.training.prepare import prepare
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

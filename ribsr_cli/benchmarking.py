@@ -112,7 +112,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto is what `ribsr upscale` runs (`inference.pick_dtype`): bf16 on CUDA and on CPUs with native
     bf16, fp32 on other CPUs."""
     if name == "auto":
-        from ribsr_cli.engine.inference import pick_dtype
+        from ribsr_cli.engine.runtime import pick_dtype
 
         return pick_dtype("auto", device)
     if name not in DTYPES:

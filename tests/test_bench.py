@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from ribsr_cli import benchmarking as bm
 from ribsr_cli.cli import app
-from ribsr_cli.engine.inference import cpu_native_bf16
+from ribsr_cli.engine.runtime import cpu_native_bf16
 
 ATTENTION_KEYS = {"window", "variant", "kernel", "dtype", "ms_median", "ms_p10", "ms_p90", "peak_mb", "train",
                   "repeats", "skipped", "note"}

@@ -191,7 +191,7 @@ def test_progress_moves_tile_by_tile_in_megapixels(tmp_path: Path, monkeypatch: 
     text = flat(result.output)
     import torch
 
-    from ribsr_cli.engine.inference import auto_precision
+    from ribsr_cli.engine.runtime import auto_precision
 
     ran = auto_precision(torch.device("cpu"))  # bf16 on CPUs with native bf16, else fp32
     assert f"on cpu, {ran}, tile 32 LR px" in text and "tile 32 px" in text
@@ -309,7 +309,7 @@ def test_precision_and_tile_mean_the_same_everywhere(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not X2_WEIGHTS.is_file(), reason="no shipped x2 weights")
 def test_reports_record_version_device_precision_and_weights_hash(tmp_path: Path) -> None:
-    from ribsr_cli.engine.inference import cpu_native_bf16
+    from ribsr_cli.engine.runtime import cpu_native_bf16
 
     a = photo(tmp_path / "a.png")
     result = run("upscale", a, "-o", tmp_path / "out", "--json", tmp_path / "u.json")

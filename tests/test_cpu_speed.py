@@ -15,9 +15,10 @@ from PIL import Image
 from torch.profiler import profile
 
 from conftest import REPO
-from ribsr_cli.engine import attention_report, build_model, configure_attention, inference
+from ribsr_cli.engine import attention_report, build_model, configure_attention, runtime
 from ribsr_cli.engine.attention import BIAS_FASTER_UP_TO, WindowAttention, plan_bias_budget
-from ribsr_cli.engine.inference import pick_dtype, prepare
+from ribsr_cli.engine.inference import prepare
+from ribsr_cli.engine.runtime import pick_dtype
 from ribsr_cli.engine.registry import resolve
 from ribsr_cli.training.trainer import training_autocast
 
@@ -37,10 +38,10 @@ def _sdpa_ops_that_ran(fn) -> set[str]:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native: bool) -> None:
-    monkeypatch.setattr(inference, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: native)
     expected = torch.bfloat16 if native else torch.float32
     assert pick_dtype("auto", CPU) == expected
-    assert inference.auto_precision(CPU) == ("bf16" if native else "fp32")
+    assert runtime.auto_precision(CPU) == ("bf16" if native else "fp32")
     assert training_autocast(CPU).fast_dtype == torch.bfloat16 and training_autocast(CPU)._enabled == native
     assert not training_autocast(CPU, "fp32")._enabled
     assert pick_dtype("fp32", CPU) == torch.float32 and pick_dtype("bf16", CPU) == torch.bfloat16
@@ -49,9 +50,9 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native: bool) ->
 def test_native_bf16_needs_the_instructions_not_only_mkldnn(monkeypatch) -> None:
     """Plain AVX512 CPUs pass mkldnn's bf16 check but emulate bf16: auto must stay fp32 there."""
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True, "avx512_bw": True}, raising=False)
-    assert not inference.cpu_native_bf16()
+    assert not runtime.cpu_native_bf16()
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True}, raising=False)
-    assert inference.cpu_native_bf16()
+    assert runtime.cpu_native_bf16()
 
 
 def test_auto_never_uses_a_bias_that_needs_a_gradient_and_reports_the_kernel_that_ran() -> None:

@@ -23,9 +23,10 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO
 from ribsr_cli import benchmarking as bm
-from ribsr_cli.engine import attention, build_model, inference, kernels
+from ribsr_cli.engine import attention, build_model, kernels, runtime
 from ribsr_cli.engine.attention import WindowAttention
-from ribsr_cli.engine.inference import TF32Off, make_upscaler, pick_dtype
+from ribsr_cli.engine.inference import make_upscaler
+from ribsr_cli.engine.runtime import TF32Off, pick_dtype
 from ribsr_cli.imaging.metrics import psnr
 from ribsr_cli.imaging.resize import bicubic_degrade
 from ribsr_cli.training import trainer
@@ -140,7 +141,7 @@ def test_auto_precision_is_bf16_only_from_sm80(monkeypatch) -> None:
         assert pick_dtype("auto", cuda) == expected, capability
     assert pick_dtype("bf16", cuda) == torch.bfloat16
     # on a CPU, auto follows native bf16 (issue 14): see tests/test_cpu_speed.py
-    monkeypatch.setattr(inference, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: False)
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
 
 

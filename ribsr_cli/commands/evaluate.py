@@ -68,7 +68,7 @@ def _check_run_options(device: str, precision: str, attention: str) -> str:
     from ribsr_cli.commands.options import check_attention_kernel
 
     try:
-        from ribsr_cli.engine.inference import pick_device, pick_dtype
+        from ribsr_cli.engine.runtime import pick_device, pick_dtype
     except ImportError:  # reported, with its hint, when the model is loaded
         return device
     try:

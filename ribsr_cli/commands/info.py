@@ -14,7 +14,7 @@ def environment() -> dict:
     import torch
 
     from ribsr_cli import __version__
-    from ribsr_cli.engine.inference import auto_precision, cpu_native_bf16
+    from ribsr_cli.engine.runtime import auto_precision, cpu_native_bf16
     from ribsr_cli.engine.kernels import flash_attn_func
 
     info = {

@@ -130,7 +130,7 @@ def command(
                 "whole images" if tile_value == 0 else f"{tile_value} LR px")
             err.print(f"model {engine.name} x{scale} on {engine.device}, {engine.precision}, tile {tiles}, "
                       f"overlap {tile_overlap}{final}", highlight=False)
-    from ribsr_cli.engine.inference import precision_name
+    from ribsr_cli.engine.runtime import precision_name
 
     run = RunInfo(model_label, scale, outscale, str(dev), precision_name(dtype), attention, tile_value,
                   tile_overlap, tta)
@@ -234,7 +234,8 @@ def _check_run_options(err, device: str, precision: str, attention: str):
     """(device, dtype) to run with; a bad --device/--precision/--attention, or a kernel this machine cannot
     run, is a usage error before any planning (not one failure per file)."""
     from ribsr_cli.commands.options import check_attention_kernel
-    from ribsr_cli.engine.inference import check_run_options, pick_dtype
+    from ribsr_cli.engine.inference import check_run_options
+    from ribsr_cli.engine.runtime import pick_dtype
 
     try:
         dev = check_run_options(device, precision, attention)
@@ -248,7 +249,8 @@ def _check_run_options(err, device: str, precision: str, attention: str):
 def _load_engine(err, model, arch, scale, dev, precision, attention, tile, overlap, batch_tiles, tta, outscale,
                  denoise=None):
     from ribsr_cli.engine.checkpoint import CheckpointError
-    from ribsr_cli.engine.inference import pick_dtype, precision_name, prepare
+    from ribsr_cli.engine.inference import prepare
+    from ribsr_cli.engine.runtime import pick_dtype, precision_name
     from ribsr_cli.engine.registry import resolve
     from ribsr_cli.upscaling import Engine
 

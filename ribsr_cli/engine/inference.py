@@ -1,4 +1,4 @@
-"""Device/precision choice and ready-made upscaling callables for the commands."""
+"""Ready-made upscaling callables for the commands; the device/precision policy is `engine.runtime`."""
 
 from __future__ import annotations
 
@@ -9,92 +9,9 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.attention import attention_report, configure_attention
+from ribsr_cli.engine.runtime import pick_device, pick_dtype, precision_name, run_context
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
 from ribsr_cli.pixels import grey_like, to_rgb
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` prefers CUDA, then Apple's MPS, then the CPU; an unavailable explicit choice is an error."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} asked for, but MPS is not available")
-    return dev
-
-
-def cpu_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16) and oneDNN can use it.
-
-    `torch.ops.mkldnn._is_mkldnn_bf16_supported()` alone is not enough: it also says yes on plain AVX512
-    CPUs, where oneDNN emulates bf16 and autocast is slower than fp32. `torch.cpu.get_capabilities()` (the
-    public form of cpuinfo's flags) says which instructions exist; older torch has the private checks.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return False
-    caps_fn = getattr(torch.cpu, "get_capabilities", None)
-    if caps_fn is not None:
-        caps = caps_fn()
-        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check() for check in checks if check is not None)
-
-
-def auto_precision(device: torch.device) -> str:
-    """What `--precision auto` runs on `device` (for `ribsr info` and reports)."""
-    return precision_name(pick_dtype("auto", device))
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """`auto`: on CUDA bf16 from sm80 (Ampere) on, fp16 before; on a CPU with native bf16 (AMX/AVX512-BF16)
-    bf16 autocast (2x faster, output within 50+ dB of fp32, scores within 0.02 dB), fp32 on other CPUs
-    (bf16 emulated there is slower than fp32) and on MPS.
-
-    Before sm80 bf16 is only emulated and no fused attention kernel takes it (`is_bf16_supported()` still
-    says yes there), while the memory-efficient kernel takes fp16 from sm50 on.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto" and device.type == "cpu":
-        return torch.bfloat16 if cpu_native_bf16() else torch.float32
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return torch.float32
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def precision_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-class TF32Off:
-    """Reusable (and re-entrant) context: true fp32 matmuls and cuDNN convolutions inside, flags restored after.
-
-    PyTorch lets cuDNN convolutions use TF32 by default (10-bit mantissa inputs), which moves a network's
-    output by ~1e-3: an fp32 run on CUDA asked for exactness, so it gets it.
-    """
-
-    def __init__(self) -> None:
-        self._saved: list[tuple[bool, bool]] = []
-
-    def __enter__(self) -> "TF32Off":
-        b = torch.backends
-        self._saved.append((b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32))
-        b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved.pop()
-
 
 def check_run_options(device: str, precision: str, attention: str) -> torch.device:
     """Validate --device/--precision/--attention without a model, so a typo is reported even when no file
@@ -124,9 +41,7 @@ def prepare(model: torch.nn.Module, device: torch.device, precision: str = "auto
         tune_for_large_tensors()
     configure_attention(model, kernel=attention, strategy=strategy,
                         compute_dtype=None if dtype == torch.float32 else dtype)
-    if dtype == torch.float32:
-        return TF32Off() if device.type == "cuda" else contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return run_context(device, dtype)
 
 
 def make_upscaler(

@@ -65,7 +65,7 @@ def training_autocast(device: torch.device, precision: str = "auto") -> torch.au
     """Mixed precision for training steps, the inference policy's (`inference.pick_dtype`) applied to
     training: bf16 autocast on CUDA from sm80 and on CPUs with native bf16 (1.5-2x faster steps there), fp32 on
     other CPUs, where emulated bf16 is slower. fp16 is not offered: it would need loss scaling."""
-    from ribsr_cli.engine.inference import pick_dtype
+    from ribsr_cli.engine.runtime import pick_dtype
 
     if precision not in ("auto", "fp32"):
         raise ValueError(f"training precision {precision!r}: use auto or fp32")
@@ -349,6 +349,9 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     pool = HRPool(cfg.data_dir)
     val_pairs = (load_validation(cfg.val_dir, cfg.scale, degrade=cfg.degradation == "real")
                  if rank == 0 and cfg.val_dir else [])
+    if cfg.degradation == "real":  # the ranges change between releases; the run records the ones it used
+        from ribsr_cli.training.degrade import DEFAULT_CONFIG
+        cfg.extra["degradation_config"] = asdict(DEFAULT_CONFIG)
     if rank == 0:  # one writer per file
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log_file = (out / "log.csv" if rank == 0 else Path(os.devnull)).open("a", newline="")
