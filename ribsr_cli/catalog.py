@@ -15,8 +15,6 @@ Listing reads only JSON, so `ribsr models` answers without importing torch.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import re
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ribsr_cli.errors import CheckpointError, ModelStoreError
+from ribsr_cli.fileutil import sha256_file  # re-exported: model code asks the catalog
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CARD_SUFFIX = ".json"
@@ -65,23 +64,6 @@ def data_home() -> Path:
 
 def store_dir() -> Path:
     return data_home() / "models"
-
-
-# ---- hashing -----------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:  # mtime/size key the cache on file changes
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (cached while the file is unchanged)."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
 # ---- entries -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import typer
 
 from ribsr_cli import __version__
 from ribsr_cli.commands import bench, data, evaluate, export, info, models, train, upscale
+from ribsr_cli.commands.helpformat import HelpfulCommand, HelpfulGroup, epilog_for
 from ribsr_cli.errors import RibsrError
 
 # (sub-command name, module, one-line help)
@@ -39,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=HelpfulGroup,
 )
 
 
@@ -73,8 +75,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _register() -> None:
     from typer.core import TyperCommand
-
-    from ribsr_cli.commands.helpformat import HelpfulCommand, HelpfulGroup, epilog_for
 
     for name, mod, help_text in COMMANDS:
         sub_app = getattr(mod, "app", None)

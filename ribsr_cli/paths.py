@@ -1,11 +1,12 @@
-"""Where ribsr's data lives outside the package, and which files count as images when a folder is scanned.
+"""Where ribsr's data lives outside the package: the shared folder and its benchmark sets.
 
 The shared folder (benchmark sets, reference fixtures, the training-photo manifest) sits beside the
 repository and is never committed; `RIBSR_SHARED` points elsewhere. Defaults that depend on it are
 resolved when a command runs, not when a module is imported, so they do not depend on the working
 directory and honour an `RIBSR_SHARED` set after import (tests do that).
 
-This module imports nothing but the standard library, so any layer may use it.
+This module imports nothing but the standard library, so any layer may use it. (Which files count as
+images when a folder is scanned is `ribsr_cli.imaging.io.IMAGE_EXTENSIONS`: what the reader decodes.)
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Suffixes of the images a folder scan picks up for training photos and benchmark sets: the formats
-# Pillow decodes losslessly or as shipped (PPM/PGM included: some benchmark mirrors use them).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def shared_dir() -> Path:

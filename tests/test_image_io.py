@@ -20,8 +20,11 @@ import tifffile
 from PIL import Image, ImageCms, ImageOps
 from PIL.JpegImagePlugin import get_sampling
 
+from conftest import EXAMPLES
+from ribsr_cli import fileutil
 from ribsr_cli.imaging import io_write
 from ribsr_cli.imaging.io import (
+    IMAGE_EXTENSIONS,
     ImageReadError,
     ImageWriteError,
     from_float,
@@ -683,7 +686,7 @@ def test_failed_rename_removes_temp_file(tmp_path: Path, photo: np.ndarray, monk
     def refuse(src: str, dst: str) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(io_write.os, "replace", refuse)
+    monkeypatch.setattr(fileutil.os, "replace", refuse)
     with pytest.raises(ImageWriteError, match="Permission denied"):
         write_image(tmp_path / "x.jpg", photo, None, fmt="JPEG", bit_depth=8)
     assert list(tmp_path.iterdir()) == []
@@ -762,6 +765,7 @@ def test_from_float_writes_into_a_view() -> None:
 @pytest.mark.parametrize("source,requested,expected", [
     ("JPEG", "keep", ("JPEG", ".jpg")), ("PNG", "keep", ("PNG", ".png")), ("TIFF", "keep", ("TIFF", ".tif")),
     ("WEBP", "keep", ("WEBP", ".webp")), ("BMP", "keep", ("BMP", ".bmp")), ("GIF", "keep", ("PNG", ".png")),
+    ("PPM", "keep", ("PNG", ".png")), ("PGM", "keep", ("PNG", ".png")),
     ("JPEG", "png", ("PNG", ".png")), ("PNG", "jpg", ("JPEG", ".jpg")), ("BMP", "tiff", ("TIFF", ".tif")),
     ("TIFF", "webp", ("WEBP", ".webp")),
 ])
@@ -776,6 +780,82 @@ def test_output_format_for_rejects_unknown() -> None:
 
 @pytest.mark.parametrize("name,ok", [("a.JPG", True), ("b.jpeg", True), ("c.Png", True), ("d.TIF", True),
                                      ("e.tiff", True), ("f.webp", True), ("g.BMP", True), ("h.gif", True),
-                                     ("i.txt", False), ("jpg", False), ("k.png.bak", False)])
+                                     ("l.PPM", True), ("m.pgm", True), ("i.txt", False), ("jpg", False),
+                                     ("k.png.bak", False), ("n.svg", False)])
 def test_is_image_path(name: str, ok: bool) -> None:
     assert is_image_path(Path("folder") / name) is ok
+
+
+# --- one list of what ribsr reads ------------------------------------------------------------
+
+
+def _pillow_format(suffix: str) -> str:
+    return Image.registered_extensions()[suffix]
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_EXTENSIONS))
+def test_every_listed_suffix_reads_a_real_photo(tmp_path: Path, suffix: str) -> None:
+    """A real photo saved by Pillow under each listed suffix reads back with the pixels Pillow itself decodes;
+    lossless formats give the very pixels that were saved."""
+    fmt = _pillow_format(suffix)
+    with Image.open(EXAMPLES / "chelsea.png") as im:
+        source = im.convert("L" if suffix == ".pgm" else "RGB").crop((100, 60, 228, 156))
+    path = tmp_path / f"cat{suffix}"
+    try:
+        source.save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    except (KeyError, OSError) as exc:  # this Pillow has no encoder for it
+        pytest.skip(f"Pillow cannot write {fmt}: {exc}")
+    loaded = read_image(path)
+    with Image.open(path) as im:
+        pillow = np.asarray(im.convert(source.mode))
+    assert loaded.pixels.shape[:2] == (96, 128) and loaded.bit_depth == 8
+    np.testing.assert_array_equal(loaded.pixels.reshape(pillow.shape), pillow)
+    if fmt not in ("JPEG", "GIF"):  # lossless: exactly what was saved
+        np.testing.assert_array_equal(loaded.pixels.reshape(pillow.shape), np.asarray(source))
+
+
+def test_listed_suffixes_are_the_formats_the_reader_decodes() -> None:
+    from ribsr_cli.imaging.io_read import READ_FORMATS
+
+    listed = {_pillow_format(s) for s in IMAGE_EXTENSIONS}
+    assert listed == set(READ_FORMATS)
+
+
+def test_16_bit_pgm_reads_exactly_and_16_bit_ppm_says_it_is_cut(tmp_path: Path) -> None:
+    with Image.open(EXAMPLES / "astronaut.png") as im:
+        grey = np.asarray(im.convert("L").crop((0, 0, 64, 48))).astype(np.uint16) * 257 + 3
+    pgm = tmp_path / "grey16.pgm"
+    pgm.write_bytes(b"P5\n# written by a test\n64 48\n65535\n" + grey.astype(">u2").tobytes())
+    loaded = read_image(pgm)
+    assert loaded.bit_depth == 16 and loaded.warnings == []
+    np.testing.assert_array_equal(loaded.pixels[..., 0], grey)
+    ppm = tmp_path / "colour16.ppm"
+    rgb = np.dstack([grey, grey, grey])
+    ppm.write_bytes(b"P6\n64 48\n65535\n" + rgb.astype(">u2").tobytes())
+    loaded = read_image(ppm)
+    assert loaded.bit_depth == 8 and any("decoded at 8 bits" in w for w in loaded.warnings)
+
+
+def test_folder_scans_of_every_command_take_the_same_files(tmp_path: Path) -> None:
+    """upscale's inputs, eval's benchmark sets, training photos and the leak check pick the same files."""
+    from ribsr_cli.evaluation import discover_dataset
+    from ribsr_cli.training.leakcheck import benchmark_files
+    from ribsr_cli.training.prepare import find_photos
+    from ribsr_cli.upscaling import plan_jobs
+
+    folder = tmp_path / "HR"
+    folder.mkdir()
+    with Image.open(EXAMPLES / "coffee.png") as im:
+        crop = im.convert("RGB").crop((0, 0, 64, 48))
+    for name in ("a.png", "b.PGM", "c.gif", "d.ppm", "e.jpeg"):
+        crop.save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "f.svg").write_text("<svg/>")
+    expected = ["a.png", "b.PGM", "c.gif", "d.ppm", "e.jpeg"]
+    assert [p.name for p in discover_dataset(folder).hr_files] == expected
+    assert [p.name for p in find_photos(folder)] == expected
+    assert [p.name for p in benchmark_files(folder)] == expected
+    jobs = plan_jobs([str(folder)], tmp_path / "out", recursive=False, template="{stem}_x{scale}",
+                     scale="2", model="m", fmt="keep", overwrite=False)
+    assert sorted(j.source.name for j in jobs) == expected
+    assert sorted(j.output.name for j in jobs) == ["a_x2.png", "b_x2.png", "c_x2.png", "d_x2.png", "e_x2.jpg"]

@@ -3,7 +3,8 @@
 Reading lives in `io_read`, writing in `io_write`, metadata plumbing in `metadata`;
 this module re-exports them (and `ribsr_cli.pixels`' conversions to the network's
 RGB float domain and back) and adds the small helpers the upscaler needs between
-them: format choice and folder scanning.
+them: format choice, and which files a folder scan takes for images (`IMAGE_EXTENSIONS`,
+the one list for every command).
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ __all__ = [
     "output_format_for", "read_image", "to_float", "to_rgb", "write_image",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
+# The one list of what ribsr reads, by suffix: the formats `read_image` decodes (io_read.READ_FORMATS;
+# PPM/PGM because some benchmark mirrors ship them). Every folder scan uses it: upscale's inputs, eval's
+# benchmark sets, the training photos and the leak check's benchmark images.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm"})
 _EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+_KEPT_AS_PNG = ("GIF", "PPM", "PGM")  # read, never written: `keep` writes them as lossless PNG (16-bit grey too)
 
 
 def output_format_for(input_format: str, requested: str = "keep") -> tuple[str, str]:
-    """(format, extension) to write: the input's own for 'keep' (GIF becomes PNG), else the request."""
+    """(format, extension) to write: the input's own for 'keep' (GIF, PPM, PGM become PNG), else the request."""
     choice = str(requested).lower()
     if choice == "keep":
         source = str(input_format).upper()
-        name = "PNG" if source == "GIF" else normalise_format(source)
+        name = "PNG" if source in _KEPT_AS_PNG else normalise_format(source)
     else:
         name = normalise_format(choice)
     return name, _EXTENSIONS[name]

@@ -21,20 +21,16 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageCms
 
+from ribsr_cli.errors import RibsrError
 from ribsr_cli.imaging import metadata as meta
 
-READ_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
+READ_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM")  # PPM: Pillow's name for PPM and PGM
 _FORMAT_NAMES = {"MPO": "JPEG"}  # phone JPEGs with a depth/preview picture
 _DEFAULT_MAX_PIXELS = 250_000_000
 
 
-class ImageReadError(ValueError):
+class ImageReadError(RibsrError, ValueError):
     """An input cannot be read as a photo; str() is one line, ``<path>: <reason>``."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        reason = " ".join(str(reason).split())
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
 
 
 @dataclass
@@ -166,6 +162,8 @@ def _read(path: Path, max_pixels: int) -> LoadedImage:
         notes: list[str] = []
         n_frames = _frame_count(im, notes)
         bit_depth = _header_bit_depth(path, im, fmt)
+        if fmt == "PPM" and bit_depth == 8 and (_pnm_maxval(path) or 0) > 255:
+            notes.append("16-bit PPM colour is decoded at 8 bits")
         native = _needs_native_decoder(im, fmt, bit_depth)
         tiff_orientation = _tiff_orientation(im) if fmt == "TIFF" else None  # before load consumes it
         _load_first_frame(im, tolerate_failure=native)
@@ -281,7 +279,14 @@ def _header_bit_depth(path: Path, im: Image.Image, fmt: str) -> int:
         if im.tag_v2.get(339) in (3, (3,)) or bits > 16:
             raise ImageReadError(path, f"{bits}-bit or floating-point samples are not supported; save it as 8- or 16-bit")
         return 16 if bits > 8 else 8
+    if fmt == "PPM":  # Pillow reads 16-bit grey (maxval > 255) exactly as mode I, 16-bit colour at 8 bits
+        return 16 if im.mode == "I" else 8
     return 8
+
+
+def _pnm_maxval(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        return meta.read_pnm_maxval(f.read(1024))
 
 
 def _needs_native_decoder(im: Image.Image, fmt: str, bit_depth: int) -> bool:

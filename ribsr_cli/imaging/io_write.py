@@ -1,7 +1,7 @@
 """Writing results atomically, at the requested bit depth, with the source's metadata.
 
-The file appears under its name complete or not at all: it is written to a hidden
-temporary file beside the target, fsynced, then ``os.replace``d. 16-bit PNG is
+The file appears under its name complete or not at all (``ribsr_cli.fileutil.atomic_file``:
+a hidden temporary file beside the target, fsynced, then ``os.replace``d). 16-bit PNG is
 encoded here (numpy filtering + zlib, with iCCP/pHYs/eXIf/iTXt chunks) because
 Pillow cannot write 16-bit colour and pypng cannot write those chunks; 16-bit TIFF
 goes through tifffile. Everything else is Pillow.
@@ -10,8 +10,6 @@ goes through tifffile. Everything else is Pillow.
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import BinaryIO, Callable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ribsr_cli.errors import RibsrError
+from ribsr_cli.fileutil import atomic_file
 from ribsr_cli.imaging import metadata as meta
 
 WRITE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
@@ -34,16 +34,8 @@ _PNG_BLOCK_BYTES = 1 << 22  # raw bytes filtered at once; bounds the encoder's m
 _IDAT_SIZE = 1 << 20
 
 
-class ImageWriteError(OSError):
+class ImageWriteError(RibsrError, OSError):
     """An output could not be written; str() is one line, ``<path>: <reason>``."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        reason = " ".join(str(reason).split())
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 @dataclass
@@ -191,36 +183,14 @@ def _fit_metadata(out: _Output) -> None:
 
 
 def _atomic_write(path: Path, encode: Callable[[BinaryIO, _Output], None], out: _Output) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
+    """Encode into a temporary file beside `path` and rename it into place (ribsr_cli.fileutil)."""
+    folder = path.parent
     if not folder.is_dir():
         raise ImageWriteError(path, f"folder {folder} does not exist")
     if path.is_dir():
         raise ImageWriteError(path, "is a folder")
-    temp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temp, "x+b") as f:  # readable: the TIFF writer patches its own output
-            encode(f, out)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; not every platform lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path) as f:
+        encode(f, out)
 
 
 # --- encoders -------------------------------------------------------------------------------

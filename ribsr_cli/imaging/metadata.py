@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from ribsr_cli.errors import RibsrError
+
 EXIF_PREFIX = b"Exif\x00\x00"
 ORIENTATION_TAG = 0x0112
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +31,7 @@ TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, ORIENTATION_TAG, 0x0131, 0x0132
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))\s*[2-8]\s*(?=["<])')
 
 
-class ExifError(ValueError):
+class ExifError(RibsrError, ValueError):
     """EXIF bytes whose TIFF structure cannot be walked; callers drop them with a warning."""
 
 
@@ -254,6 +256,17 @@ def read_png_header(head: bytes) -> PngHeader | None:
         raise ValueError("PNG without an IHDR header")
     width, height, depth, colour, _c, _f, interlace = struct.unpack(">IIBBBBB", head[16:29])
     return PngHeader(width, height, depth, colour, interlace)
+
+
+def read_pnm_maxval(head: bytes) -> int | None:
+    """The largest sample value a PGM/PPM header declares (1 for a bitmap), from the file's first bytes;
+    None when they are no such header. Above 255 the samples are 16-bit."""
+    tokens = re.sub(rb"#[^\r\n]*", b" ", head).split(maxsplit=4)  # comments may sit between the fields
+    if tokens[:1] in ([b"P1"], [b"P4"]):
+        return 1
+    if len(tokens) < 4 or tokens[0] not in (b"P2", b"P3", b"P5", b"P6") or not tokens[3].isdigit():
+        return None
+    return int(tokens[3])
 
 
 def iter_png_chunks(f: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
