@@ -17,9 +17,9 @@ from torch.profiler import profile
 from conftest import REPO
 from ribsr_cli.engine import attention_report, build_model, configure_attention, runtime
 from ribsr_cli.engine.attention import BIAS_FASTER_UP_TO, WindowAttention, plan_bias_budget
-from ribsr_cli.engine.inference import prepare
 from ribsr_cli.engine.runtime import pick_dtype
 from ribsr_cli.engine.registry import resolve
+from ribsr_cli.engine.runner import RunOptions, Upscaler
 from ribsr_cli.training.trainer import training_autocast
 
 CPU = torch.device("cpu")
@@ -109,8 +109,8 @@ def test_bf16_output_of_the_shipped_model_stays_within_50_db_of_fp32() -> None:
     x = _photo(96)
     outs = {}
     for precision in ("fp32", "bf16"):
-        _, model = resolve("ribsr-s-x2", 2, None, device="cpu")
-        autocast = prepare(model, CPU, precision)
+        upscaler = Upscaler(resolve("ribsr-s-x2", 2, None, device="cpu"), RunOptions(device="cpu", precision=precision))
+        model, autocast = upscaler.network, upscaler.context
         with torch.inference_mode(), autocast:
             outs[precision] = model(x).float().clamp(0, 1)
     mse = ((outs["bf16"] - outs["fp32"]) ** 2).mean().item()

@@ -216,12 +216,13 @@ def test_half_precision_unsupported_falls_back_to_fp32_with_a_warning(tmp_path: 
 
 @needs_spandrel
 def test_supported_bf16_runs_in_bf16(tmp_path: Path) -> None:
-    from ribsr_cli.engine.inference import prepare
     from ribsr_cli.engine.registry import load_checkpoint
+    from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
 
     model = load_checkpoint(save(build("compact"), tmp_path / "compact.pth"))
-    context = prepare(model, torch.device("cpu"), "bf16")
-    assert isinstance(context, torch.autocast) and model.run_precision == "bf16" and not model.notes
+    upscaler = Upscaler(LoadedModel.of(model), RunOptions(device="cpu", precision="bf16"))
+    assert isinstance(upscaler.context, torch.autocast) and upscaler.report.precision == "bf16"
+    assert model.run_precision == "bf16" and not model.notes and not upscaler.report.notes
     assert model.kernel_report()["kernels"] == ["RealESRGAN Compact bf16 (spandrel)"]
 
 

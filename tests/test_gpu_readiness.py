@@ -22,14 +22,14 @@ import torch.nn as nn
 from PIL import Image
 
 from conftest import FIXTURES, REPO
-from ribsr_cli import benchmarking as bm
+from ribsr_cli import bench as bm
 from ribsr_cli.engine import attention, build_model, kernels, runtime
 from ribsr_cli.engine.attention import WindowAttention
-from ribsr_cli.engine.inference import make_upscaler
+from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.engine.runtime import TF32Off, pick_dtype
 from ribsr_cli.imaging.metrics import psnr
 from ribsr_cli.imaging.resize import bicubic_degrade
-from ribsr_cli.training import trainer
+from ribsr_cli.training import checkpointing, trainer
 from ribsr_cli.training.prepare import prepare
 
 EXAMPLES = REPO / "examples"
@@ -167,10 +167,10 @@ def test_tf32_off_context_is_reusable_and_restores_the_flags() -> None:
 
 def test_eval_upscaler_runs_fp32_unless_asked_and_records_it() -> None:
     lr = _photo("chelsea.png", 40, (120, 200))
-    _, fp32 = make_upscaler(None, 2, device="cpu")
-    _, bf16 = make_upscaler(None, 2, device="cpu", precision="bf16")
+    fp32 = load_upscaler(None, 2, RunOptions(device="cpu").for_scoring())
+    bf16 = load_upscaler(None, 2, RunOptions(device="cpu", precision="bf16").for_scoring())
     a, b = fp32(lr, 2), bf16(lr, 2)
-    assert fp32.precision == "fp32" and bf16.precision == "bf16"
+    assert fp32.report.precision == "fp32" and bf16.report.precision == "bf16"
     diff = np.abs(a.astype(int) - b.astype(int))
     assert a.shape == b.shape == (80, 80, 3) and 0 < diff.mean() < 2  # bf16 really ran, and is close
 
@@ -229,7 +229,7 @@ def test_validate_equals_the_engine_scored_independently() -> None:
     from ribsr_cli.engine.registry import resolve
     from ribsr_cli.engine.tiling import upscale_image
 
-    _, model = resolve(None, 2, None, device="cpu")
+    model = resolve(None, 2, None, device="cpu").network
     pairs = _val_pairs(2)
     expected = np.mean([psnr(upscale_image(model.eval(), lr, 2, device="cpu"), hr, crop_border=2, test_y=True)
                         for _, lr, hr in pairs])
@@ -252,7 +252,7 @@ def test_resume_loads_on_the_cpu_and_restores_onto_a_model_elsewhere(tmp_path: P
     # the old load (map_location = the training device) puts the RNG state there, and restoring fails
     moved = torch.load(ckpt, map_location="meta", weights_only=True)
     with pytest.raises(TypeError, match="ByteTensor"):
-        trainer._set_rng_state(np.random.default_rng(), moved["rng"])
+        checkpointing.set_rng_state(np.random.default_rng(), moved["rng"])
 
     state = trainer.load_training_state(ckpt)
     tensors = [t for part in ("model", "ema") for t in state[part].values()] + [state["rng"]["torch"]]

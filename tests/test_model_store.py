@@ -105,8 +105,9 @@ def test_add_list_use_and_remove_the_authors_checkpoint(tmp_path: Path, store_ho
     assert store_files(store_home) == ["sst-light-x4.json", "sst-light-x4.safetensors"]
 
     # the stored weights are the checkpoint's, exactly: the reference output is reproduced
-    _, net = resolve("sst-light-x4", 4)
-    assert (net.source, net.model_name, net.sha256) == ("stored", "sst-light-x4", entry["sha256"])
+    loaded = resolve("sst-light-x4", 4)
+    assert (loaded.source, loaded.name, loaded.sha256) == ("stored", "sst-light-x4", entry["sha256"])
+    net = loaded.network
     if LIGHT_FIXTURE.is_file():
         fixture = torch.load(LIGHT_FIXTURE, weights_only=True)
         with torch.no_grad():
@@ -199,31 +200,31 @@ def test_a_tampered_stored_file_is_refused(tmp_path: Path, small_checkpoint: Pat
     assert not (tmp_path / "out" / "cat_x2.png").exists()
 
 
-@pytest.mark.parametrize("fail_at", [1, 2])
+@pytest.mark.parametrize("fail_on", ["mine.safetensors", "mine.json"])
 def test_an_interrupted_add_leaves_nothing_half_written(small_checkpoint: Path, store_home: Path, monkeypatch,
-                                                        fail_at: int) -> None:
-    """Ctrl-C while the weights (1) or the card (2) is renamed into place: no model, no temporary file."""
+                                                        fail_on: str) -> None:
+    """Ctrl-C while the weights or the card is renamed into place: no model, no weights, no temporary file."""
     import ribsr_cli.engine.store as store
+    from ribsr_cli import fileutil
 
-    real_replace, calls = store.os.replace, []
+    real_replace = fileutil.os.replace
 
     def interrupted(src, dst):
-        calls.append(dst)
-        if len(calls) == fail_at:
+        if Path(dst).name == fail_on:
             raise KeyboardInterrupt
         return real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", interrupted)
+    monkeypatch.setattr(fileutil.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.add_model(small_checkpoint, "mine")
-    monkeypatch.setattr(store.os, "replace", real_replace)
+    monkeypatch.setattr(fileutil.os, "replace", real_replace)
     assert "mine" not in listed()
-    assert not [n for n in store_files(store_home) if n.startswith(".") or n.endswith(".json")]
+    assert store_files(store_home) == []
     with pytest.raises(CheckpointError, match="neither a shipped or stored model"):
         resolve("mine", 2)
     store.add_model(small_checkpoint, "mine")  # the name is free again
     assert "mine" in listed()
-    torch.testing.assert_close(resolve("mine", 2)[1].state_dict(), load_model(small_checkpoint).state_dict(),
+    torch.testing.assert_close(resolve("mine", 2).network.state_dict(), load_model(small_checkpoint).state_dict(),
                                rtol=0, atol=0)
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from ribsr_cli import upscaling
 from ribsr_cli.catalog import default_model
 from ribsr_cli.engine import build_model
 from ribsr_cli.engine.registry import resolve
+from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
 from ribsr_cli.engine.tiling import axis_starts, plan_tiles, ramp, upscale_image, window_alignment
 from ribsr_cli.imaging.io import read_image
 from conftest import coffee, crop, upscale
@@ -62,7 +62,7 @@ class Spy(torch.nn.Module):
     def __init__(self, net: torch.nn.Module, fail_above: int | None = None) -> None:
         super().__init__()
         self.net, self.fail_above, self.shapes = net, fail_above, []
-        self.window_sizes = net.window_sizes
+        self.scale, self.window_sizes = net.scale, net.window_sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.shapes.append(tuple(x.shape))
@@ -90,9 +90,10 @@ def test_cpu_out_of_memory_halves_the_tile_and_carries_on(model_path: Path) -> N
 
     spy = Spy(load_model(model_path), fail_above=48 * 48)
     image = np.asarray(coffee(96, 80))
-    engine = upscaling.Engine(spy, "spy", 2, torch.device("cpu"), tile=0, overlap=8)
-    out, used = engine.run(image, np.uint8)
+    upscaler = Upscaler(LoadedModel.of(spy, "spy"), RunOptions(device="cpu", precision="fp32", tile=0, overlap=8))
+    out, used = upscaler.run(image, np.uint8)
     assert used == 48 and out.shape == (160, 192, 3)  # whole image refused, then 96 // 2
+    assert upscaler.report.fallbacks == ["96x80 image tiled at 48 px (out of memory whole)"]
     np.testing.assert_array_equal(out, upscale_image(spy.net, image, 2, tile=48, overlap=8))
 
 
@@ -118,7 +119,7 @@ def test_tiled_equals_untiled_on_a_real_photo(tmp_path: Path, model_path: Path, 
         if default_model(2) is None:
             pytest.skip("no shipped default x2 model yet")
         model = None  # the CLI's own default
-        net = resolve(None, 2)[1]
+        net = resolve(None, 2).network
     crop("astronaut.png", (180, 120, 308, 248)).save(tmp_path / "photo.png")  # 128x128, face and suit
     tile, overlap = 64, 32
     for name, value in (("whole", "0"), ("tiled", str(tile))):

@@ -10,15 +10,17 @@ from typing import Any
 import torch.nn as nn
 
 from ribsr_cli.engine.attention import attention_report, configure_attention
+from ribsr_cli.engine.config import SSTConfig
 from ribsr_cli.engine.network import SST
 from ribsr_cli.engine.presets import PRESETS, get_preset, normalize_arch
 
 
-def build_model(arch: dict[str, Any] | str) -> nn.Module:
-    """An SST from a reference `network_g` dict (missing keys take reference defaults) or a preset name."""
+def build_model(arch: SSTConfig | dict[str, Any] | str) -> nn.Module:
+    """An SST from a typed config, a reference `network_g` dict (missing keys take reference defaults) or a
+    preset name."""
     if isinstance(arch, str):
         arch = get_preset(arch)
-    return SST(normalize_arch(arch))
+    return SST(arch if isinstance(arch, SSTConfig) else SSTConfig.from_network_g(arch))
 
 
 def load_model(*args, **kwargs):  # noqa: D103 - re-exported lazily to keep import light
@@ -27,4 +29,4 @@ def load_model(*args, **kwargs):  # noqa: D103 - re-exported lazily to keep impo
     return _load(*args, **kwargs)
 
 
-__all__ = ["build_model", "load_model", "configure_attention", "attention_report", "PRESETS", "get_preset", "normalize_arch"]
+__all__ = ["SSTConfig", "build_model", "load_model", "configure_attention", "attention_report", "PRESETS", "get_preset", "normalize_arch"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine import kernels
 from ribsr_cli.engine.rib import rib_bias, rib_factors, rpb_bias
+from ribsr_cli.engine.runtime import attention_core_dtype
 
 POSITIONAL = ("RIB", "RPB", "NoPE")
 STRATEGIES = ("auto", "concat", "bias")
@@ -200,11 +201,7 @@ class WindowAttention(nn.Module):
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: (windows, heads, N, D) -> (windows, heads, N, D)."""
         out_dtype = q.dtype
-        dtype = self.compute_dtype or q.dtype
-        if q.device.type == "cpu" and q.requires_grad and dtype != torch.float32:
-            # PyTorch's CPU flash-attention backward is ~4x slower in bf16 than in fp32 (issue 14, profiled
-            # on ribsr-s training): under autocast the convolutions take bf16, the attention core fp32
-            dtype = torch.float32
+        dtype = attention_core_dtype(q.device, self.compute_dtype or q.dtype, q.requires_grad)
         # the core runs in `dtype` exactly: autocast would recast SDPA (it is on CPU/CUDA autocast's list)
         with autocast_off(q.device):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

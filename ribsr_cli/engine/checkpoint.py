@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ribsr_cli.engine.network import SST
 from ribsr_cli.errors import CheckpointError  # re-exported: callers import it from here
+from ribsr_cli.fileutil import atomic_path
 from ribsr_cli.engine.presets import PRESETS, get_preset, normalize_arch
 
 ARCH_KEY = "ribsr_arch"
@@ -215,16 +216,11 @@ def model_from_state(
 
 
 def save_model(model: SST, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
-    """ribsr's format: safetensors with the architecture and provenance in the metadata."""
+    """ribsr's format: safetensors with the architecture and provenance in the metadata, written atomically."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {ARCH_KEY: json.dumps(model.arch), PROVENANCE_KEY: json.dumps(provenance or {}), "format": "pt"}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # all or nothing: a failed or interrupted save leaves the old file
         save_file(state, str(tmp), metadata=metadata)
         tmp.chmod(0o644)  # safetensors creates the file private; weights are meant to be shared
-        tmp.replace(path)
-    finally:  # a failed or interrupted save leaves no temporary file behind
-        tmp.unlink(missing_ok=True)

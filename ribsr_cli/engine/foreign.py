@@ -7,7 +7,7 @@ advice, purpose). `ForeignModel` turns that into what ribsr's tiler expects of a
   tiles see the windows a whole-image pass sees;
 - `forward(rgb)` on (B, 3, H, W) floats in [0, 1]: pads to the size requirements (spandrel's reflect/replicate
   rule) and crops back, feeds grey models luma, widens grey output to RGB, clamps to [0, 1];
-- `choose_dtype` for `inference.prepare`: fp32 where spandrel says bf16/fp16 is unsupported, with a note;
+- `choose_dtype` for `runner.Upscaler`: fp32 where spandrel says bf16/fp16 is unsupported, with a note;
 - `kernel_report()` for reports: the architecture and the precision that ran.
 
 The checkpoint itself is always read by ribsr (`checkpoint.read_state_dict`: safetensors, or `.pth` with

@@ -9,8 +9,8 @@ interpolation"), so one number picks how much damage is removed:
     weights = (1 - S) * clean + S * real,   0 <= S <= 1
 
 computed in float64 and cast back, so S = 0 and S = 1 give the two shipped weight sets bit for bit (1·x + 0·y
-is exactly x). Both files are sha256-checked before mixing, and the network is labelled
-`<clean>+real@S` with both hashes (`net.sha256` = "<clean sha256>+<real sha256>", `net.components`).
+is exactly x). Both files are sha256-checked before mixing, and the mix is named `<clean>+real@S` with both
+hashes (`LoadedModel.sha256` = "<clean sha256>+<real sha256>", `LoadedModel.components`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from ribsr_cli.catalog import ModelEntry, find_model, shipped_models, shipped_scales, variant_model
 from ribsr_cli.engine.checkpoint import CheckpointError
+from ribsr_cli.engine.runner import LoadedModel
 
 
 def denoise_pair(model: str | None, scale: int) -> tuple[ModelEntry, ModelEntry]:
@@ -96,23 +96,25 @@ def check_strength(strength: float) -> float:
     return float(strength)
 
 
-def load_denoised(model: str | None, scale: int, strength: float, device: str = "cpu") -> tuple[str, nn.Module]:
-    """(label, network) for `--denoise strength`: the clean network carrying the interpolated weights."""
-    from ribsr_cli.engine.registry import label as label_weights, load_entry
+def denoise_name(clean: ModelEntry, strength: float) -> str:
+    """The display name of a --denoise mix, e.g. `ribsr-s-x2+real@0.5` (reports and `--name {model}`)."""
+    return f"{clean.name}+real@{strength:g}"
+
+
+def load_denoised(clean_entry: ModelEntry, real_entry: ModelEntry, strength: float,
+                  device: str = "cpu") -> LoadedModel:
+    """The clean network carrying the interpolated weights of a `denoise_pair`, named and with both hashes."""
+    from ribsr_cli.engine.registry import load_entry
 
     strength = check_strength(strength)
-    clean_entry, real_entry = denoise_pair(model, scale)
-    net = load_entry(clean_entry, device)
-    real = load_entry(real_entry, device)
-    if dict(getattr(net, "arch", {}) or {}) != dict(getattr(real, "arch", {}) or {}):
+    clean, real = load_entry(clean_entry, device), load_entry(real_entry, device)
+    if clean.config != real.config:
         raise CheckpointError(real_entry.path, f"{real_entry.name} and {clean_entry.name} differ in architecture; "
                                                "they cannot be interpolated")
+    net = clean.network
     with torch.no_grad():
-        net.load_state_dict(interpolate_state(net.state_dict(), real.state_dict(), strength))
-    label = f"{clean_entry.name}+real@{strength:g}"
-    label_weights(net, label, "shipped", f"{clean_entry.sha256}+{real_entry.sha256}")
-    net.components = [  # type: ignore[attr-defined]
-        {"name": clean_entry.name, "sha256": clean_entry.sha256, "weight": 1.0 - strength},
-        {"name": real_entry.name, "sha256": real_entry.sha256, "weight": strength}]
-    net.denoise = strength  # type: ignore[attr-defined]
-    return label, net
+        net.load_state_dict(interpolate_state(net.state_dict(), real.network.state_dict(), strength))
+    components = ({"name": clean_entry.name, "sha256": clean_entry.sha256, "weight": 1.0 - strength},
+                  {"name": real_entry.name, "sha256": real_entry.sha256, "weight": strength})
+    return LoadedModel.of(net, denoise_name(clean_entry, strength), "shipped",
+                          f"{clean_entry.sha256}+{real_entry.sha256}", components)

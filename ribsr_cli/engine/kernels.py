@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ribsr_cli.errors import RibsrError
+from ribsr_cli.engine.runtime import DTYPES
+
 KERNELS = ("auto", "flash", "sdpa", "math")
 
 #: Most windows (the batch dimension) one kernel call takes. FlashAttention and the memory-efficient
@@ -46,7 +49,7 @@ def check_kernel(kernel: str) -> None:
         raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(RibsrError, RuntimeError):
     """The requested attention kernel cannot run these tensors on this device."""
 
 
@@ -167,7 +170,8 @@ def _sdpa_name(choice: int) -> str:
 
 
 def dtype_label(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    """The CLI's precision name for a dtype (runtime.DTYPES), or torch's own name for any other."""
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))
 
 
 def _attend_once(q, k, v, bias, scale: float, kernel: str, strict: bool) -> tuple[torch.Tensor, str]:

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ribsr_cli.engine.attention import WindowAttention, default_bias_budget, plan_bias_budget
+from ribsr_cli.engine.config import SSTConfig
 
 
 class ChannelLayerNorm(nn.Module):
@@ -101,40 +102,46 @@ class PixelShuffleUpsampler(nn.Module):
 class SST(nn.Module):
     """Super-resolution Transformer with rank-factorised implicit neural bias (or RPB / no bias)."""
 
-    def __init__(self, arch: dict) -> None:
+    def __init__(self, config: SSTConfig | dict) -> None:
         super().__init__()
-        self.arch = dict(arch)
-        dim, scale = arch["dim"], arch["upscaling_factor"]
-        window_sizes = list(arch["window_sizes"])
+        cfg = config if isinstance(config, SSTConfig) else SSTConfig.from_network_g(config)
+        self.config = cfg
+        dim, scale = cfg.dim, cfg.scale
+        window_sizes = list(cfg.window_sizes)
         shift_all = len(set(window_sizes)) == 1
         self.scale = scale
         self.window_sizes = window_sizes
         self.proj = nn.Conv2d(3, dim, 3, padding=1)
         blocks: list[nn.Module] = []
-        for _ in range(arch["n_blocks"]):
+        for _ in range(cfg.n_blocks):
             layers: list[nn.Module] = []
             for j, ws in enumerate(window_sizes):
                 attn = WindowAttention(
                     dim,
-                    arch["num_heads"][j],
+                    cfg.num_heads[j],
                     ws,
-                    arch["ranks"][j],
-                    positional=arch["attn_type"],
+                    cfg.ranks[j],
+                    positional=cfg.attn_type,
                     shift=shift_all and j % 2 == 1,
-                    rib_hidden_dim=arch["rib_hidden_dim"],
-                    rib_n_freqs=arch["rib_n_freqs"],
-                    gate=arch["gate_type"] is not None,
+                    rib_hidden_dim=cfg.rib_hidden_dim,
+                    rib_n_freqs=cfg.rib_n_freqs,
+                    gate=cfg.gate_type is not None,
                 )
-                layers.append(Layer(dim, arch["exp_ratio"], attn))
+                layers.append(Layer(dim, cfg.exp_ratio, attn))
             layers.append(nn.Conv2d(dim, dim, 3, padding=1))
             blocks.append(Block(*layers))
         blocks += [ChannelLayerNorm(dim), nn.Conv2d(dim, dim, 3, padding=1)]
         self.body = nn.Sequential(*blocks)
-        if arch["upsampler_type"] == "pixelshuffle_direct":
+        if cfg.upsampler_type == "pixelshuffle_direct":
             self.upsampler: nn.Module = PixelShuffleDirect(dim, scale)
         else:
-            self.upsampler = PixelShuffleUpsampler(dim, scale, arch["intermediate_dim"])
+            self.upsampler = PixelShuffleUpsampler(dim, scale, cfg.intermediate_dim)
         plan_bias_budget(self, default_bias_budget())  # the cached-bias budget is per model, not per layer
+
+    @property
+    def arch(self) -> dict:
+        """The `network_g` dict of `config`, for checkpoint metadata and model cards (a fresh copy each time)."""
+        return self.config.to_network_g()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.proj(x)

@@ -125,3 +125,15 @@ def run_context(device: torch.device, dtype: torch.dtype) -> contextlib.Abstract
     if dtype == torch.float32:
         return TF32Off() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def attention_core_dtype(device: torch.device, dtype: torch.dtype, needs_grad: bool) -> torch.dtype:
+    """The dtype an attention core computes in, given the run's `dtype`.
+
+    The one exception to "the core runs in the run's precision": CPU training keeps it fp32, because
+    PyTorch's CPU flash-attention backward is ~4x slower in bf16 than in fp32 (issue 14, profiled on ribsr-s
+    training); under bf16 autocast the convolutions still take bf16.
+    """
+    if device.type == "cpu" and needs_grad and dtype != torch.float32:
+        return torch.float32
+    return dtype

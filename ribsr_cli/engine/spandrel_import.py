@@ -20,13 +20,13 @@ import sys
 import types
 from typing import Any
 
-from ribsr_cli.errors import CheckpointError
+from ribsr_cli.errors import CheckpointError, RibsrError
 
 EXTRA_HINT = 'install the optional extra with your torch pinned: pip install torch==<your torch> "ribsr[models]"'
 STAND_IN_MODULES = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
 
 
-class TorchvisionUnavailable(RuntimeError):
+class TorchvisionUnavailable(RibsrError, RuntimeError):
     """A spandrel architecture needed torchvision, which could not be imported beside this torch."""
 
 

@@ -7,27 +7,28 @@ safetensors (architecture and provenance in its metadata) with a JSON card recor
 checkpoint (not SST) is loaded and proved through spandrel and stored as safetensors of spandrel's canonical
 weights, its card saying `family: spandrel` and the architecture's name; it is loaded back through spandrel.
 
-Nothing is ever half-written: both files are written to hidden temporary names and renamed into place, the
-card last (a model exists only once its card does), and any failure or Ctrl-C removes the temporaries.
+Nothing is ever half-written: both files are written to hidden temporary names and renamed into place
+(ribsr_cli.fileutil), the card last (a model exists only once its card does), and any failure or Ctrl-C
+removes the temporaries.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ribsr_cli import __version__
-from ribsr_cli.catalog import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelEntry, check_name, find_model, read_card, sha256_file, store_dir
+from ribsr_cli.catalog import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelEntry, check_name, find_model, read_card, store_dir
 from ribsr_cli.engine.checkpoint import _arch_from_argument, preset_name_of, save_model
 from ribsr_cli.engine.foreign import FAMILY, foreign_state_dict
 from ribsr_cli.engine.presets import normalize_arch
 from ribsr_cli.engine.registry import load_checkpoint
 from ribsr_cli.errors import CheckpointError, ModelStoreError
+from ribsr_cli.fileutil import atomic_path, atomic_write_text, sha256_file
 
 SMOKE_SIDE = 20  # LR side of the proving forward: not a multiple of any window, so padding is exercised too
 
@@ -100,25 +101,21 @@ def _provenance(source: Path, upstream: dict[str, Any]) -> dict[str, Any]:
 
 
 def _commit(name: str, write_weights: Callable[[Path], None], card_fields: dict[str, Any]) -> ModelEntry:
-    """Write weights then card under hidden temporary names, rename weights, then the card (the model exists
-    from that rename on); temporaries are removed on any failure or Ctrl-C."""
+    """Write the weights, then the card, each all or nothing (ribsr_cli.fileutil); the model exists from the
+    card's rename on, and a card that cannot be written takes the new weights file away with it."""
     folder = store_dir()
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}{WEIGHTS_SUFFIX}"
     card = folder / f"{name}{CARD_SUFFIX}"
-    tmp_weights = folder / f".{name}{WEIGHTS_SUFFIX}.{os.getpid()}.tmp"
-    tmp_card = folder / f".{name}{CARD_SUFFIX}.{os.getpid()}.tmp"
-    try:
+    with atomic_path(weights) as tmp_weights:
         write_weights(tmp_weights)
-        _fsync(tmp_weights)
         entry = {"name": name, "file": weights.name, "sha256": sha256_file(tmp_weights), **card_fields}
-        tmp_card.write_text(json.dumps(entry, indent=2) + "\n")
-        _fsync(tmp_card)
-        os.replace(tmp_weights, weights)
-        os.replace(tmp_card, card)  # the model exists from this rename on
-    finally:
-        for tmp in (tmp_weights, tmp_card):
-            tmp.unlink(missing_ok=True)
+    try:
+        atomic_write_text(card, json.dumps(entry, indent=2) + "\n")  # the model exists from this rename on
+    except BaseException:
+        if not card.exists():  # not yet renamed: no model, so no weights either
+            weights.unlink(missing_ok=True)
+        raise
     return read_card(card)
 
 
@@ -142,11 +139,3 @@ def remove_model(name: str) -> str:
     (entry.path.parent / f"{entry.name}{CARD_SUFFIX}").unlink(missing_ok=True)
     entry.path.unlink(missing_ok=True)
     return entry.name
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

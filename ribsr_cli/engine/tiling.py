@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ribsr_cli.errors import RibsrError
 from ribsr_cli.pixels import from_float, to_float
 
 
@@ -90,7 +91,7 @@ def run_model(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Ten
     return acc / len(DIHEDRAL)
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(RibsrError, RuntimeError):
     pass
 
 
