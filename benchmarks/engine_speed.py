@@ -59,7 +59,7 @@ def load_case(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
     if case == "sst-light-128":
         model, size = build_model("SST-light-x4"), 128
     elif case == "ribsr-s-512":
-        model, size = resolve("ribsr-s-x2", 2, None, device="cpu")[1], 512
+        model, size = resolve("ribsr-s-x2", 2, None, device="cpu").network, 512
     else:
         raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     photo = np.asarray(Image.open(REPO / "examples" / "astronaut.png").convert("RGB"), dtype=np.float32) / 255
@@ -70,11 +70,11 @@ def load_case(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
 def configure(model: torch.nn.Module, precision: str, strategy: str, cache: bool):
     """Set the model up as `ribsr upscale` would for this precision/strategy; returns the autocast context."""
     from ribsr_cli.engine import configure_attention
-    from ribsr_cli.engine.inference import prepare
+    from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
 
-    autocast = prepare(model, torch.device("cpu"), precision, "auto", strategy)
+    upscaler = Upscaler(LoadedModel.of(model), RunOptions(device="cpu", precision=precision, strategy=strategy))
     configure_attention(model, cache=cache)
-    return autocast
+    return upscaler.context
 
 
 def forward(model, x, autocast) -> torch.Tensor:

@@ -47,10 +47,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ribsr_cli import benchmarking as bm  # noqa: E402
+from ribsr_cli import bench as bm  # noqa: E402
 from ribsr_cli.commands.info import environment  # noqa: E402
 from ribsr_cli.engine import attention_report, build_model, configure_attention  # noqa: E402
-from ribsr_cli.engine.runtime import TF32Off  # noqa: E402
+from ribsr_cli.engine.kernels import available_kernels  # noqa: E402
+from ribsr_cli.engine.runtime import TF32Off, precision_name  # noqa: E402
+from ribsr_cli.fileutil import atomic_write_text  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 SECTIONS = ("env", "parity", "attention", "network", "upscale", "attention_train")
@@ -121,9 +123,7 @@ class Suite:
     def save(self) -> None:
         self.report["elapsed_s"] = round(self.elapsed(), 1)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(f".{self.out.name}.tmp")
-        tmp.write_text(json.dumps(self.report, indent=2, default=str))
-        os.replace(tmp, self.out)  # a kill mid-write leaves the previous complete file
+        atomic_write_text(self.out, json.dumps(self.report, indent=2, default=str))  # a kill keeps the last file
 
 
 # ---- sections -------------------------------------------------------------------------
@@ -189,8 +189,8 @@ def section_attention(suite: Suite, name: str, device: torch.device, windows: li
     `reserve_s` of the budget remains are skipped, not half-run. `corrupt` breaks RIB on purpose (tests).
     """
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shape = bm.CoreShape.from_arch(bm.resolve_preset("SST-light")[1])
-    kernels = ["auto", *bm.available_kernels(device)]
+    shape = bm.CoreShape.from_config(bm.resolve_preset("SST-light")[1])
+    kernels = ["auto", *available_kernels(device)]
     check = bm.check_rib(shape, windows, device, dtype, kernels, corrupt=corrupt)
     if not check.ok:
         raise bm.RibMismatch(check)
@@ -201,7 +201,7 @@ def section_attention(suite: Suite, name: str, device: torch.device, windows: li
         if suite.left() < reserve_s:
             data["windows_skipped_for_budget"].append(ws)
             continue
-        opts = bm.Options(windows=[ws], device=str(device), dtype=bm.dtype_name(dtype), train=train,
+        opts = bm.Options(windows=[ws], device=str(device), dtype=precision_name(dtype), train=train,
                           all_kernels=True, flex=flex, target_s=target_s, corrupt_rib=corrupt)
         try:
             rows = bm.run_attention(opts, shape, device, dtype, env, suite.log)
@@ -220,7 +220,7 @@ def section_attention(suite: Suite, name: str, device: torch.device, windows: li
 def section_network(suite: Suite, name: str, device: torch.device, presets: list[str], size: tuple[int, int],
                     batch: int, patch: int, reserve_s: float, target_s: float = 1.0) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    opts = bm.Options(size=size, device=str(device), dtype=bm.dtype_name(dtype), train=True, batch=batch,
+    opts = bm.Options(size=size, device=str(device), dtype=precision_name(dtype), train=True, batch=batch,
                       patch=patch, target_s=target_s)
     out: dict[str, Any] = {"errors": {}}
     for preset in presets:

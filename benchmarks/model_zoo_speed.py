@@ -7,12 +7,12 @@ Peers are randomly initialised networks built from spandrel's architecture class
 configurations (Real-ESRGAN x4plus RRDBNet, realesr-general-x4v3 compact SRVGG, SwinIR-light, SPAN,
 RealPLKSR, HAT-S); weights do not change speed, so nothing is downloaded. Each is loaded back through
 ribsr's foreign-model path (spandrel detection from its state dict, `engine/foreign.py`) and run exactly
-as `ribsr upscale` runs it: `inference.prepare` picks the precision (a model spandrel marks fp32-only
+as `ribsr upscale` runs it: `engine.runner.Upscaler` picks the precision (a model spandrel marks fp32-only
 falls back to fp32, and the row says so). All rows are x4 on one square LR tile.
 
 Columns: parameters; ms per input megapixel (median of --repeats timed calls after one warm-up, divided by
 the tile's megapixels); peak MB = extra memory of one call (CUDA: max_memory_allocated; CPU: torch
-profiler allocator events, `benchmarking.peak_memory_mb`); the precision that ran. Needs the `models`
+profiler allocator events, `bench.peak_memory_mb`); the precision that ran. Needs the `models`
 extra (spandrel).
 """
 
@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ribsr_cli.benchmarking import device_name, peak_memory_mb, time_ms  # noqa: E402
+from ribsr_cli.bench import device_name, peak_memory_mb, time_ms  # noqa: E402
 from ribsr_cli.engine import build_model  # noqa: E402
-from ribsr_cli.engine.inference import prepare  # noqa: E402
-from ribsr_cli.engine.runtime import pick_device, precision_name
+from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler  # noqa: E402
+from ribsr_cli.engine.runtime import pick_device  # noqa: E402
 from ribsr_cli.engine.spandrel_import import import_spandrel  # noqa: E402
 
 SST_PRESETS = ("ribsr-s-x4", "SST-light-x4", "SST-x4")
@@ -69,8 +69,8 @@ def load_peer(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 
 
 def measure(model: torch.nn.Module, tile: int, repeats: int, device: torch.device, precision: str) -> dict[str, Any]:
-    context = prepare(model, device, precision)
-    ran = getattr(model, "run_precision", None)
+    upscaler = Upscaler(LoadedModel.of(model), RunOptions(device=str(device), precision=precision))
+    context = upscaler.context
     x = torch.rand(1, 3, tile, tile, generator=torch.Generator().manual_seed(0)).to(device)
 
     def call() -> None:
@@ -83,14 +83,8 @@ def measure(model: torch.nn.Module, tile: int, repeats: int, device: torch.devic
     return {"params": sum(p.numel() for p in model.parameters()),
             "ms_per_mp": statistics.median(times) / megapixels,
             "peak_mb": peak_memory_mb(call, device),
-            "precision": ran or precision_name(_sst_dtype(precision, device)),
-            "notes": list(getattr(model, "notes", []))}
-
-
-def _sst_dtype(precision: str, device: torch.device) -> torch.dtype:
-    from ribsr_cli.engine.runtime import pick_dtype
-
-    return pick_dtype(precision, device)
+            "precision": upscaler.report.precision,
+            "notes": upscaler.report.notes}
 
 
 def main(argv: list[str] | None = None) -> int:

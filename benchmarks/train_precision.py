@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_once(pool: Path, out: Path, precision: str, args) -> tuple[list[float], list[float]]:
     """(losses, seconds per step) of one training run from seed 0."""
-    from ribsr_cli.training.trainer import TrainConfig, train
+    from ribsr_cli.training.config import TrainConfig
+    from ribsr_cli.training.trainer import train
 
     losses, stamps = [], [time.perf_counter()]
 

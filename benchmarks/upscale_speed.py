@@ -103,28 +103,26 @@ def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Pa
 
 def whole_image_fits(model: str | None, width: int, height: int) -> tuple[bool, str]:
     """The CLI's own rule: `--tile auto` picks 0 (whole image) only when it fits a quarter of free memory."""
-    import torch
-
     from ribsr_cli.engine.registry import resolve
-    from ribsr_cli.upscaling import auto_tile, available_memory
+    from ribsr_cli.engine.runner import RunOptions, Upscaler
+    from ribsr_cli.engine.runtime import free_memory_bytes
 
-    _, net = resolve(model, 2)
-    device = torch.device("cpu")
-    tile = auto_tile(net, device, height, width)
-    return tile == 0, f"--tile auto picks {tile} with {available_memory(device) / 2**30:.0f} GiB available"
+    upscaler = Upscaler(resolve(model, 2), RunOptions(device="cpu"))
+    tile = upscaler.choose_tile(height, width)
+    return tile == 0, f"--tile auto picks {tile} with {free_memory_bytes(upscaler.device) / 2**30:.0f} GiB available"
 
 
 def tiling_psnr(model: str | None, tiles: list[int], side: int, threads: int) -> dict[int, tuple[float, int]]:
     """PSNR (dB) and max |difference| of each tiled output against the untiled one, 8-bit, default overlap."""
     import torch
 
-    from ribsr_cli.engine.inference import prepare
     from ribsr_cli.engine.registry import resolve
+    from ribsr_cli.engine.runner import RunOptions, Upscaler
     from ribsr_cli.engine.tiling import upscale_image
 
     torch.set_num_threads(threads)
-    _, net = resolve(model, 2)
-    autocast = prepare(net, torch.device("cpu"))
+    upscaler = Upscaler(resolve(model, 2), RunOptions(device="cpu"))
+    net, autocast = upscaler.network, upscaler.context
     image = native_mosaic(side)
     whole = upscale_image(net, image, 2, tile=0, autocast=autocast).astype(np.float64)
     results = {}

@@ -17,7 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ribsr_cli import benchmarking as bm
+from ribsr_cli import bench as bm
+from ribsr_cli.bench import attention as bench_attention
 from ribsr_cli.cli import app
 from ribsr_cli.engine.runtime import cpu_native_bf16
 
@@ -103,7 +104,7 @@ def test_guard_aborts_on_a_wrong_rib_path(tmp_path: Path) -> None:
 
 
 def test_check_tolerance_follows_dtype() -> None:
-    shape = bm.CoreShape.from_arch(bm.resolve_preset("ribsr-s")[1])
+    shape = bm.CoreShape.from_config(bm.resolve_preset("ribsr-s")[1])
     check = bm.check_rib(shape, [8], torch.device("cpu"), torch.bfloat16, ["auto"])
     assert check.ok and check.tolerance == 2e-2 and check.max_abs_err > 0
     bad = bm.check_rib(shape, [8], torch.device("cpu"), torch.float32, ["math"], corrupt=True)
@@ -153,9 +154,9 @@ def test_flex_rows_run_for_every_window_and_match_dense(monkeypatch: pytest.Monk
     per window: eager flex_attention computes the same thing, unfused."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    monkeypatch.setattr(bm, "compiled_flex_attention", lambda: flex_attention)
+    monkeypatch.setattr(bench_attention, "compiled_flex_attention", lambda: flex_attention)
     opts = bm.Options(windows=[4, 8], repeats=1, threads=1, quick=True, flex=True, network=False)
-    shape = bm.CoreShape.from_arch(bm.resolve_preset("ribsr-s")[1])
+    shape = bm.CoreShape.from_config(bm.resolve_preset("ribsr-s")[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "flex_attention called without torch.compile()"
         rows = bm.run_attention(opts, shape, torch.device("cpu"), torch.float32, {}, lambda _m: None)

@@ -1,7 +1,7 @@
 """`ribsr bench`: check the paper's speed/memory claim for RIB vs RPB attention on this machine.
 
-Options, tables and the bar chart live here; what is measured, and how, is in
-ribsr_cli.benchmarking (no CLI dependencies, also used by benchmarks/gpu_suite.py).
+Options, tables and the bar chart live here; what is measured, and how, is the package
+ribsr_cli.bench (no CLI dependencies, also used by benchmarks/gpu_suite.py).
 Exit codes: 0 done, 1 the RIB correctness check failed (nothing timed), 2 usage error.
 """
 
@@ -12,14 +12,19 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+
+from ribsr_cli.errors import UsageError
 from rich.markup import escape
+
+from ribsr_cli.fileutil import atomic_write_text
 
 BAR_WIDTH = 36
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
 def _parsed(parse: Callable[[str], Any], value: Optional[str]) -> Any:
-    """Run a benchmarking parser, turning its ValueError into a clean usage error (exit 2)."""
+    """Run a bench option parser, turning its ValueError into a clean usage error (exit 2). A callback runs
+    while click parses, outside `cli.guarded`, so it reports through click's own BadParameter."""
     if value is None:
         return None
     try:
@@ -29,13 +34,13 @@ def _parsed(parse: Callable[[str], Any], value: Optional[str]) -> Any:
 
 
 def _windows_option(value: Optional[str]) -> Optional[list[int]]:
-    from ribsr_cli.benchmarking import parse_windows
+    from ribsr_cli.bench.options import parse_windows
 
     return _parsed(parse_windows, value)
 
 
 def _size_option(value: Optional[str]) -> Optional[tuple[int, int]]:
-    from ribsr_cli.benchmarking import parse_size
+    from ribsr_cli.bench.options import parse_size
 
     return _parsed(parse_size, value)
 
@@ -83,7 +88,8 @@ def _attention_table(result: Any) -> Any:
     from rich import box
     from rich.table import Table
 
-    from ribsr_cli.benchmarking import MAP_SIDE, compare_attention
+    from ribsr_cli.bench.options import MAP_SIDE
+    from ribsr_cli.bench.report import compare_attention
 
     mode = "forward + backward" if any(r.train for r in result.attention) else "forward"
     table = Table(box=box.SIMPLE_HEAD, title=f"Window attention, one {MAP_SIDE}x{MAP_SIDE} map ({MAP_SIDE * MAP_SIDE} tokens), {mode}",
@@ -126,7 +132,7 @@ def _network_table(result: Any) -> Any:
     from rich import box
     from rich.table import Table
 
-    from ribsr_cli.benchmarking import compare_network, slower_note
+    from ribsr_cli.bench.report import compare_network, slower_note
 
     table = Table(box=box.SIMPLE_HEAD, title="Whole network, same architecture (RPB time / row time in 'rpb/this')", title_justify="left")
     for name, justify in (("preset", "left"), ("attn", "left"), ("mode", "left"), ("input", "right"),
@@ -146,9 +152,9 @@ def command(
     windows: Optional[str] = typer.Option(None, "--windows", metavar="WS,WS...", callback=_windows_option, help="Window sizes, e.g. 8,16,32,64 (default 8,16,32,48,64,96)."),
     preset: str = typer.Option("SST-light", "--preset", "--model", "-m", help="Architecture preset (heads/head dim/rank and the network), e.g. SST-light or SST-x2, or a shipped/stored model name (its architecture)."),
     size: Optional[str] = typer.Option(None, "--size", metavar="WxH", callback=_size_option, help="Network output size WxH (default 1280x720; --quick 256x144)."),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|fp32|bf16|fp16", show_default=False,
-                                            help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16; see ribsr info), fp32 on other CPUs."),
+                                            help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16; see ribsr info), fp32 on other CPUs and on MPS."),
     dtype_alias: Optional[str] = typer.Option(None, "--dtype", hidden=True, help="Old name of --precision."),
     repeats: Optional[int] = typer.Option(None, "--repeats", min=1, metavar="N", help="Timed repeats per row (default: sized to ~1.5 s per row, capped)."),
     train: bool = typer.Option(False, "--train", help="Time forward+backward, and one network training step."),
@@ -164,23 +170,22 @@ def command(
     """Time RIB against RPB window attention and networks, side by side, after checking RIB is exact."""
     from rich.console import Console
 
-    from ribsr_cli import benchmarking as bm
+    from ribsr_cli import bench as bm
     from ribsr_cli.commands.info import environment
-
     from ribsr_cli.commands.options import merge_alias
+    from ribsr_cli.engine.runtime import pick_dtype
 
     dtype = merge_alias(precision, dtype_alias, "--precision", "--dtype") or "auto"
     console, err = Console(quiet=quiet), Console(stderr=True)
     if not console.is_terminal:  # logs and pipes: wide enough for the tables instead of 80 columns
         console.width = 150
     try:
-        dev = bm.resolve_device(device)
-        bm.resolve_dtype(dtype, dev)
+        pick_dtype(dtype, bm.bench_device(device))
         bm.resolve_preset(preset)
-    except (ValueError, KeyError) as exc:
-        raise typer.BadParameter(str(exc).strip("'\"")) from None
+    except (ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
+        raise UsageError(str(exc).splitlines()[0].strip("'\"")) from None
     if plot is not None and not bm.plot_available():
-        raise typer.BadParameter("--plot needs matplotlib: pip install 'ribsr[plot]' (or pip install matplotlib)")
+        raise UsageError("--plot", "needs matplotlib: pip install 'ribsr[plot]' (or pip install matplotlib)")
     opts = bm.Options(quick=quick, windows=windows, preset=preset, size=size, device=device, dtype=dtype,
                       repeats=repeats, train=train, all_kernels=all_kernels, batch=batch, patch=patch,
                       threads=threads, corrupt_rib=corrupt_rib)
@@ -204,7 +209,7 @@ def command(
         console.print(_network_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.as_json(), indent=2))
+        atomic_write_text(json_out, json.dumps(result.as_json(), indent=2))
         progress(f"wrote {json_out}")
     if plot is not None:
         bm.save_plot(result, plot)
