@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ribsr_cli.engine.registry import resolve
-from ribsr_cli.engine.tiling import upscale_image
+from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.imaging.resize import imresize_np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +29,8 @@ GAP = 4
 
 def model_output(lr: np.ndarray, scale: int, model: str | None, denoise: float | None = None) -> tuple[str, np.ndarray]:
     """(label, ×scale uint8 image) from a shipped model: no -m (the clean default), `real`, or a --denoise mix."""
-    label, net = resolve(model, scale, denoise=denoise)
-    with torch.no_grad():
-        return label, upscale_image(net, lr, scale)
+    upscaler = load_upscaler(model, scale, RunOptions(device="cpu").for_scoring(), denoise=denoise)
+    return upscaler.name, upscaler(lr, scale)
 
 
 def panel(img: np.ndarray, caption: str) -> Image.Image:

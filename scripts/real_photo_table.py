@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ribsr_cli.catalog import variant_model
-from ribsr_cli.engine.inference import make_upscaler
+from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.evaluation import discover_dataset, evaluate
+from ribsr_cli.fileutil import atomic_write_text
+from ribsr_cli.paths import REPO_ROOT, benchmarks_dir
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RIBSR_SHARED", REPO.parent / "shared"))
-METHODS = [("clean", "ribsr-s (clean)", {"model_name_or_path": "clean"}),
-           ("denoise", "--denoise 0.5", {"model_name_or_path": None, "denoise": 0.5}),
-           ("real", "ribsr-s-real", {"model_name_or_path": "real"})]
+METHODS = [("clean", "ribsr-s (clean)", {"model": "clean"}),
+           ("denoise", "--denoise 0.5", {"model": None, "denoise": 0.5}),
+           ("real", "ribsr-s-real", {"model": "real"})]
+SCORING = RunOptions(device="cpu").for_scoring()  # what `ribsr eval` runs: fp32, whole images
 
 
 def scores(sets: list[Path], scale: int, degrade: str) -> dict[str, dict[str, float]]:
     """{set: {method key: PSNR-Y}} with "bicubic" beside the three models."""
     found = [discover_dataset(s) for s in sets]
-    methods = {key: make_upscaler(scale=scale, device="cpu", **kwargs)[1] for key, _, kwargs in METHODS}
+    methods = {key: load_upscaler(kwargs["model"], scale, SCORING, denoise=kwargs.get("denoise"))
+               for key, _, kwargs in METHODS}
     report = evaluate(found, [scale], methods, degrade=degrade)
     table: dict[str, dict[str, float]] = {}
     for r in report.results:
@@ -54,7 +55,7 @@ def markdown(results: dict[int, dict[str, dict[str, dict[str, float]]]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", type=Path, nargs="+",
-                    default=[REPO / "examples", SHARED / "benchmarks" / "Set5", SHARED / "benchmarks" / "Set14"])
+                    default=[REPO_ROOT / "examples", benchmarks_dir() / "Set5", benchmarks_dir() / "Set14"])
     ap.add_argument("--scales", default="2,4")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +69,7 @@ def main() -> None:
         results[scale] = {degrade: scores(args.sets, scale, degrade) for degrade in ("real", "none")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     print(markdown(results))
 
 

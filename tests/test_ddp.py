@@ -35,13 +35,13 @@ def _worker(spec_path: str) -> None:
     import numpy as np
     import torch
 
-    from ribsr_cli.training import trainer
+    from ribsr_cli.training import schedule, trainer
 
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ["RANK"])
     if rank == 1 and spec.get("fast_clock"):
         t0 = time.time()
-        trainer.time = types.SimpleNamespace(time=lambda: t0 + spec["fast_clock"] * (time.time() - t0))
+        schedule.time = types.SimpleNamespace(time=lambda: t0 + spec["fast_clock"] * (time.time() - t0))
     seen: dict[str, list] = {"lr": [], "batch": [], "loss": []}
     step = torch.optim.AdamW.step
 

@@ -76,8 +76,8 @@ def test_aliases_pick_the_variant_and_real_is_never_the_default(pair_dir: Path) 
     from ribsr_cli.engine.registry import resolve
 
     assert default_model(2).name == "ribsr-s-x2"
-    assert resolve("real", 2)[0] == "ribsr-s-real-x2"
-    assert resolve("CLEAN", 2)[0] == "ribsr-s-x2"
+    assert resolve("real", 2).name == "ribsr-s-real-x2"
+    assert resolve("CLEAN", 2).name == "ribsr-s-x2"
     with pytest.raises(CheckpointError, match=r"no shipped real model for x3 \(real models ship for: x2\)"):
         resolve("real", 3)
 
@@ -86,14 +86,14 @@ def test_denoise_endpoints_reproduce_the_two_models_bit_for_bit(pair_dir: Path) 
     from ribsr_cli.engine.registry import resolve
 
     lr = _photo_crop()
-    _, clean = resolve(None, 2)
-    _, real = resolve("real", 2)
+    clean, real = resolve(None, 2).network, resolve("real", 2).network
     out_clean, out_real = _sr(clean, lr), _sr(real, lr)
     assert not np.array_equal(out_clean, out_real)  # the pair really differs, so equality below means something
     for strength, model, ref_net, ref_out in [(0.0, None, clean, out_clean), (1.0, "real", real, out_real),
                                               (0.0, "ribsr-s-real-x2", clean, out_clean)]:
-        label, mixed = resolve(model, 2, denoise=strength)
-        assert label == f"ribsr-s-x2+real@{strength:g}"
+        loaded = resolve(model, 2, denoise=strength)
+        mixed = loaded.network
+        assert loaded.name == f"ribsr-s-x2+real@{strength:g}"
         for key, value in ref_net.state_dict().items():
             assert torch.equal(mixed.state_dict()[key], value), key
         assert np.array_equal(_sr(mixed, lr), ref_out)
@@ -103,13 +103,13 @@ def test_denoise_half_is_the_average_and_names_both_weights(pair_dir: Path) -> N
     from ribsr_cli.catalog import find_model
     from ribsr_cli.engine.registry import resolve
 
-    _, clean = resolve("clean", 2)
-    _, real = resolve("real", 2)
-    label, mixed = resolve("ribsr-s-x2", 2, denoise=0.5)
-    assert label == "ribsr-s-x2+real@0.5"
+    clean, real = resolve("clean", 2).network, resolve("real", 2).network
+    loaded = resolve("ribsr-s-x2", 2, denoise=0.5)
+    mixed = loaded.network
+    assert loaded.name == "ribsr-s-x2+real@0.5"
     c_sha, r_sha = find_model("ribsr-s-x2").sha256, find_model("ribsr-s-real-x2").sha256
-    assert mixed.sha256 == f"{c_sha}+{r_sha}"
-    assert [(c["name"], c["sha256"], c["weight"]) for c in mixed.components] == [
+    assert loaded.sha256 == f"{c_sha}+{r_sha}" and loaded.source == "shipped"
+    assert [(c["name"], c["sha256"], c["weight"]) for c in loaded.components] == [
         ("ribsr-s-x2", c_sha, 0.5), ("ribsr-s-real-x2", r_sha, 0.5)]
     c_state, r_state = clean.state_dict(), real.state_dict()
     for key, value in mixed.state_dict().items():
@@ -234,9 +234,10 @@ def test_remeasure_adds_degraded_scores_without_touching_the_weights(pair_dir: P
     assert {k: v for k, v in after["ribsr-s-x2"].items() if k != "metrics_degraded"} == before["ribsr-s-x2"]
     assert after["ribsr-s-real-x2"] == before["ribsr-s-real-x2"]
 
-    from ribsr_cli.engine.inference import make_upscaler
+    from ribsr_cli.engine.runner import RunOptions, load_upscaler
 
-    name, fn = make_upscaler("ribsr-s-x2", 2, device="cpu")
+    fn = load_upscaler("ribsr-s-x2", 2, RunOptions(device="cpu").for_scoring())
+    name = fn.name
     report = evaluate([discover_dataset(bench)], [2], {name: fn}, degrade="real")
     assert entry["metrics_degraded"]["Set5"]["psnr_y"] == round(report.result("Set5", 2, name).psnr, 3)
     assert entry["metrics_degraded"]["Set5"]["bicubic_psnr_y"] == round(report.result("Set5", 2, "bicubic").psnr, 3)

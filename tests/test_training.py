@@ -14,7 +14,10 @@ from conftest import BENCHMARKS, REPO
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
 from ribsr_cli.training.prepare import prepare
-from ribsr_cli.training.trainer import TrainConfig, init_body_from, learning_rate, train
+from ribsr_cli.training.checkpointing import init_body_from
+from ribsr_cli.training.config import TrainConfig
+from ribsr_cli.training.schedule import learning_rate
+from ribsr_cli.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,8 @@ def test_real_degradation_trains_from_the_clean_weights(tmp_path: Path, pool: Pa
     from ribsr_cli.imaging.resize import imresize
     from ribsr_cli.training.degrade import degrade_for_eval
     from ribsr_cli.training.pool import HRPool
-    from ribsr_cli.training.trainer import load_validation, make_batch
+    from ribsr_cli.training.batches import make_batch
+    from ribsr_cli.training.validation import load_validation
 
     hr_pool = HRPool(pool)
     lr, hr = make_batch(hr_pool, np.random.default_rng(0), 2, 24, 2, "real")
@@ -178,7 +182,7 @@ def test_real_degradation_trains_from_the_clean_weights(tmp_path: Path, pool: Pa
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
     assert json.loads((run / "config.json").read_text())["degradation"] == "real"
     if (BENCHMARKS / "Set5").is_dir():  # monitoring scores the fixed recipe, not the official bicubic LR
-        _, val_lr, val_hr = load_validation(str(BENCHMARKS / "Set5"), 2, degrade=True)[0]
+        _, val_lr, val_hr = load_validation(str(BENCHMARKS / "Set5"), 2, "real")[0]
         assert np.array_equal(val_lr, degrade_for_eval(val_hr, 2))
         assert (run / "log.csv").read_text().splitlines()[-1].split(",")[3] != ""  # validated at the last step
 

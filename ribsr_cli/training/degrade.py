@@ -261,21 +261,35 @@ def poisson_noise(x: torch.Tensor, peak: float, rng: np.random.Generator, grey: 
     return x + deviation
 
 
+# ---- the two steps the training pipeline and the eval recipe share -----------------------------------------
+
+def round_to_levels(levels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Values on the 0..255 scale → the uint8 a file stores: half away from zero (up, for these non-negative
+    values, as a saver rounds), clipped. numpy arrays (the eval recipe, float64) and tensors (the training
+    pipeline, on their own device and dtype) go through the same arithmetic, so both round one way."""
+    if isinstance(levels, torch.Tensor):
+        return (levels + 0.5).floor().clamp(0, 255).to(torch.uint8)
+    return np.clip(np.floor(levels + 0.5), 0, 255).astype(np.uint8)
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """An (H, W, C) uint8 image encoded and decoded by Pillow's libjpeg at `quality`: 4:2:0 chroma as cameras
+    save colour, plain greyscale for one channel. Returns a read-only array of the same shape."""
+    pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality), subsampling=2 if image.shape[2] == 3 else 0)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(image.shape)
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Clamp to [0, 1] and round to the 256 levels a file stores (half away from zero, as a saver does)."""
-    return x.clamp(0, 1).mul(255).add(0.5).floor().to(torch.uint8)
+    """Clamp to [0, 1] and round to the 256 levels a file stores (`round_to_levels`)."""
+    return round_to_levels(x.clamp(0, 1).mul(255))
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """Encode and decode each image with Pillow's libjpeg at `quality` (4:2:0 chroma, as cameras save)."""
-    out = []
-    for img in to_uint8(x).cpu():
-        arr = img.permute(1, 2, 0).numpy()
-        pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-        buf = io.BytesIO()
-        pil.save(buf, format="JPEG", quality=int(quality), subsampling=2 if arr.shape[2] == 3 else 0)
-        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-        out.append(torch.from_numpy(decoded.reshape(arr.shape).copy()).permute(2, 0, 1))
+    """Each image of an (N, C, H, W) batch in [0, 1] through `jpeg_round_trip`, back as floats on x's device."""
+    out = [torch.from_numpy(jpeg_round_trip(img.permute(1, 2, 0).numpy(), quality).copy()).permute(2, 0, 1)
+           for img in to_uint8(x).cpu()]
     return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255.0
 
 
@@ -429,13 +443,8 @@ def degrade_for_eval(hr_uint8: np.ndarray, scale: int) -> np.ndarray:
     hr = np.ascontiguousarray(modcrop(hr_uint8, scale))
     work = hr[..., None] if hr.ndim == 2 else hr
     blurred = _separable_blur_np(work.astype(np.float64), EVAL_BLUR_SIGMA)
-    blurred_u8 = np.clip(np.floor(blurred + 0.5), 0, 255).astype(np.uint8)
-    lr = imresize_np(blurred_u8, 1.0 / scale)
+    lr = imresize_np(round_to_levels(blurred), 1.0 / scale)
     rng = np.random.default_rng(_eval_seed(hr, scale))
     noisy = lr.astype(np.float64) + rng.standard_normal(lr.shape) * (EVAL_NOISE_SIGMA * 255)
-    noisy_u8 = np.clip(np.floor(noisy + 0.5), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(noisy_u8[..., 0] if noisy_u8.shape[2] == 1 else noisy_u8)
-    buf = io.BytesIO()
-    pil.save(buf, format="JPEG", quality=EVAL_JPEG_QUALITY, subsampling=2 if noisy_u8.shape[2] == 3 else 0)
-    out = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(noisy_u8.shape)
+    out = jpeg_round_trip(round_to_levels(noisy), EVAL_JPEG_QUALITY)
     return out.copy() if hr_uint8.ndim == 3 else out.reshape(out.shape[:2]).copy()

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.checkpoint import load_model, save_model
-from ribsr_cli.catalog import manifest, sha256_file, source_weights_dir, weights_dir
+from ribsr_cli.catalog import manifest, source_weights_dir, weights_dir
 from ribsr_cli.errors import RibsrError
+from ribsr_cli.fileutil import atomic_write_text, sha256_file
 
 
 
@@ -41,19 +42,25 @@ TRAINING_DATA = ("83 freely licensed photographs from Debian packages (shared/tr
                  "Lanczos-halved, benchmark leak check passed")
 
 
-def measure(model: Path | str, scale: int, benchmarks: Path, degrade: str = "none") -> dict:
-    """PSNR-Y/SSIM-Y on Set5 and Set14 for the model (a file or a shipped name) and bicubic.
+def scoring_upscaler(model: Path | str, scale: int):
+    """The model (a file or a shipped name) loaded once and run as `ribsr eval` runs it on the CPU."""
+    from ribsr_cli.engine.runner import RunOptions, load_upscaler
+
+    return load_upscaler(str(model), scale, RunOptions(device="cpu").for_scoring())
+
+
+def measure(upscaler, benchmarks: Path, degrade: str = "none") -> dict:
+    """PSNR-Y/SSIM-Y on Set5 and Set14 for the model (a `scoring_upscaler`) and bicubic.
 
     degrade "none": the official LR files (`metrics`); "real": LR from `degrade_for_eval` (`metrics_degraded`).
     """
-    from ribsr_cli.engine.inference import make_upscaler
     from ribsr_cli.evaluation import discover_dataset, evaluate
 
-    name, fn = make_upscaler(str(model), scale, device="cpu")
+    scale = upscaler.loaded.scale
     sets = [discover_dataset(benchmarks / s) for s in ("Set5", "Set14") if (benchmarks / s).is_dir()]
     if not sets:
         raise ExportError(benchmarks, "no Set5/ or Set14/ folder; pass --benchmarks")
-    report = evaluate(sets, [scale], {name: fn}, degrade=degrade)
+    report = evaluate(sets, [scale], {upscaler.name: upscaler}, degrade=degrade)
     metrics: dict = {}
     for r in report.results:
         key = "bicubic" if r.method == "bicubic" else "model"
@@ -62,14 +69,13 @@ def measure(model: Path | str, scale: int, benchmarks: Path, degrade: str = "non
     return metrics
 
 
-def cpu_seconds_per_mp(model_path: Path, photo: Path, threads: int = 2) -> float:
-    """Wall seconds per input megapixel for a whole-image CPU forward (median of 3)."""
+def cpu_seconds_per_mp(model: torch.nn.Module, photo: Path, threads: int = 2) -> float:
+    """Wall seconds per input megapixel for a whole-image fp32 CPU forward (median of 3)."""
     from PIL import Image
 
     from ribsr_cli.engine.tiling import upscale_image
 
     torch.set_num_threads(threads)
-    model = load_model(model_path)
     img = np.asarray(Image.open(photo).convert("RGB"))
     times = []
     for _ in range(3):
@@ -86,7 +92,7 @@ def _out_dir() -> Path:
 
 def _write_manifest(out_dir: Path, models: list[dict]) -> None:
     shipped = {"models": sorted(models, key=lambda m: (m["scale"], m.get("variant", "clean") != "clean", m["name"]))}
-    (out_dir / "MANIFEST.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    atomic_write_text(out_dir / "MANIFEST.json", json.dumps(shipped, indent=2) + "\n")
 
 
 def _run_config(run: Path) -> dict:
@@ -115,6 +121,7 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
     size_mb = target.stat().st_size / 2**20
     if size_mb > 20:
         raise ExportError(target, f"{size_mb:.1f} MB exceeds the 20 MB limit for shipped weights")
+    upscaler = scoring_upscaler(target, model.scale)  # the shipped file itself, read back once
     entry = {
         "name": name,
         "file": target.name,
@@ -129,9 +136,9 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
                      "hardware": provenance["hardware"], "seed": prov.get("seed"),
                      "reproduce": f"scripts/{'train_real' if variant == 'real' else 'train_shipped'}.sh "
                                   f"(stage {run.name})"},
-        "metrics": measure(target, model.scale, benchmarks),
-        "metrics_degraded": measure(target, model.scale, benchmarks, degrade="real"),
-        "cpu_seconds_per_input_mp": round(cpu_seconds_per_mp(target, photo), 2),
+        "metrics": measure(upscaler, benchmarks),
+        "metrics_degraded": measure(upscaler, benchmarks, degrade="real"),
+        "cpu_seconds_per_input_mp": round(cpu_seconds_per_mp(upscaler.network, photo), 2),
     }
     if init_from:
         entry["training"]["init_from"] = init_from
@@ -157,7 +164,7 @@ def remeasure(name: str, benchmarks: Path) -> dict:
         raise ExportError(name, f"not in {weights_dir() / 'MANIFEST.json'} "
                                 f"(shipped: {', '.join(m['name'] for m in models) or 'none'})")
     entry.setdefault("variant", "clean")
-    entry["metrics_degraded"] = measure(entry["name"], int(entry["scale"]), benchmarks, degrade="real")
+    entry["metrics_degraded"] = measure(scoring_upscaler(entry["name"], int(entry["scale"])), benchmarks, degrade="real")
     _write_manifest(_out_dir(), models)
     return entry
 
@@ -197,7 +204,7 @@ def update_readme(readme: Path, models: list[dict]) -> bool:
         return False
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{models_table(models)}\n{end}{tail}")
+    atomic_write_text(readme, f"{head}{start}\n{models_table(models)}\n{end}{tail}")
     return True
 
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ribsr_cli.catalog import sha256_file
 from ribsr_cli.errors import RibsrError
+from ribsr_cli.fileutil import atomic_path, sha256_file
 from ribsr_cli.training.manifest import PhotoSpec, default_manifest, read_manifest, verify_sha256
 from ribsr_cli.training.progress import Log, to_stderr
 
@@ -33,9 +33,6 @@ class FetchError(RibsrError):
 
     `fetch` turns each into the skip reason of the photos it concerns, so it never ends a run.
     """
-
-    def __init__(self, reason: str, path: str | Path = "") -> None:
-        super().__init__(path, reason)
 
 
 def _run(cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -301,20 +298,17 @@ def fetch(dest: Path, manifest: Path | None = None, *, workdir: Path | None = No
                     src = _resolve_member(tree, spec.member)
                     if not src.is_file():
                         raise FetchError(f"{spec.member} not found in {' / '.join(packages)}")
-                    part = dest / (spec.file + ".part")
-                    part.parent.mkdir(parents=True, exist_ok=True)
-                    if spec.eet_key:
-                        if eet is None:
-                            eet = EetTool(apt_for(_system_codename() or suite), tmp, log)
-                        part.unlink(missing_ok=True)
-                        eet.extract(src, spec.eet_key, part)
-                    else:
-                        shutil.copyfile(src, part)
-                    got = sha256_file(part)
-                    if got != spec.sha256:
-                        part.unlink()
-                        raise FetchError(f"sha256 mismatch: got {got[:16]}…, manifest says {spec.sha256[:16]}…")
-                    os.replace(part, dest / spec.file)
+                    (dest / spec.file).parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(dest / spec.file) as part:  # a failed check removes it, the target stays
+                        if spec.eet_key:
+                            if eet is None:
+                                eet = EetTool(apt_for(_system_codename() or suite), tmp, log)
+                            eet.extract(src, spec.eet_key, part)
+                        else:
+                            shutil.copyfile(src, part)
+                        got = sha256_file(part)
+                        if got != spec.sha256:
+                            raise FetchError(f"sha256 mismatch: got {got[:16]}…, manifest says {spec.sha256[:16]}…")
                     report.fetched.append(spec.file)
                 except (FetchError, OSError) as exc:
                     report.skipped[spec.file] = str(exc)

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ribsr_cli.paths import IMAGE_SUFFIXES, benchmarks_dir
+from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from ribsr_cli.paths import benchmarks_dir
 
 COARSE_SIDE = 32  # template long side for the sliding search, px
 FINE_SIDE = 128  # template long side for verification, px

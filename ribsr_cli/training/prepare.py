@@ -8,7 +8,6 @@ reads: one flat uint8 file plus a JSON index, written so that the same inputs gi
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ribsr_cli.catalog import sha256_file
-from ribsr_cli.paths import IMAGE_SUFFIXES
+from ribsr_cli.fileutil import atomic_file, atomic_write_text, sha256_file
+from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 from ribsr_cli.training.leakcheck import LeakChecker, default_benchmark_dirs
 from ribsr_cli.training.manifest import read_manifest
 from ribsr_cli.training.pool import INDEX_FILE, POOL_FILE, POOL_FORMAT, PoolEntry
@@ -137,11 +136,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, downscale: int = 2,
     else:
         log(f"leak check against {len(checker)} benchmark images from {len(dirs)} folders")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Per-process temporary names: another prepare into the same folder must not collide.
-    pool_tmp = out_dir / f".{POOL_FILE}.{os.getpid()}.tmp"
-    index_tmp = out_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
     offset = 0
-    with open(pool_tmp, "wb") as pool:
+    with atomic_file(out_dir / POOL_FILE) as pool:  # a temporary name of its own until the loop ends
         for path, name, want in sorted(entries, key=lambda e: e[1]):
             if not path.is_file():
                 report.skipped[name] = "missing (run scripts/get_training_photos.sh)"
@@ -181,7 +177,5 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, downscale: int = 2,
         "images": report.images,
         "skipped": report.skipped,
     }
-    index_tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(pool_tmp, out_dir / POOL_FILE)
-    os.replace(index_tmp, out_dir / INDEX_FILE)
+    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1) + "\n")
     return report

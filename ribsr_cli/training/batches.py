@@ -1,0 +1,35 @@
+"""Training batches: random HR crops from the photo pool, augmented, and their LR made on the fly.
+
+LR is the benchmark degradation itself (MATLAB bicubic on the uint8 crop, rounded to uint8, as `ribsr eval`
+makes it), or with degradation "real" the seeded camera-like pipeline of `training.degrade`; both on 8-bit
+levels, as a file would hold them. Every random choice comes from the one numpy stream the checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ribsr_cli.training.pool import HRPool
+
+
+def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flip and 0-3 quarter turns (the 8 dihedral symmetries)."""
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.rot90(crop, int(rng.integers(4)))
+
+
+def make_batch(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, scale: int,
+               degradation: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
+    """(lr, hr) float batches in [0, 1]; LR = MATLAB bicubic of the uint8 HR crop, rounded to uint8, or with
+    degradation "real" the seeded camera-like pipeline of training.degrade, also stored on uint8 levels."""
+    from ribsr_cli.imaging.resize import imresize
+    from ribsr_cli.training.degrade import DEGRADATIONS, degrade_batch
+
+    if degradation not in DEGRADATIONS:
+        raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
+    crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale), rng)) for _ in range(batch)]
+    hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # uint8 (B,3,H,W)
+    lr = degrade_batch(hr, scale, rng) if degradation == "real" else imresize(hr, 1.0 / scale)
+    return lr.float() / 255.0, hr.float() / 255.0

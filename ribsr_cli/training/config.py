@@ -1,0 +1,62 @@
+"""Every knob of a training run in one dataclass, with the defaults that depend on the machine resolved once.
+
+`TrainConfig` is what `ribsr train` fills from its flags, what `config.json` and every `last.pt` record, and
+what the training modules read; it holds no state of the run itself (that is the checkpoint's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ribsr_cli.engine.config import SSTConfig
+from ribsr_cli.paths import benchmarks_dir
+
+#: the benchmark set a run validates on when none is named: Set5, the smallest of the standard sets
+DEFAULT_VAL_SET = "Set5"
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "ribsr-s"
+    scale: int = 2
+    out_dir: str = "runs/ribsr-s-x2"
+    data_dir: str = "data/prepared"
+    # None: Set5 in the shared benchmarks (`paths.benchmarks_dir`), resolved when the config is made, so neither
+    # the working directory nor the moment of import decides; "": no validation
+    val_dir: str | None = None
+    patch: int = 48  # LR patch side
+    batch: int = 8
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    total_steps: int = 20000  # length of the cosine schedule; 0 = the cosine follows the max_minutes clock
+    max_minutes: float = 0.0  # 0 = no time limit
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_every: int = 500
+    ckpt_minutes: float = 3.0
+    threads: int = 1
+    init_from: str = ""  # a checkpoint whose body starts this run (e.g. x2 body for x3/x4)
+    attention_strategy: str = "concat"
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16); "fp32"
+    degradation: str = "bicubic"  # "real": LR from training.degrade's camera-like pipeline (blur, noise, JPEG)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.val_dir is None:
+            self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
+
+
+def architecture(cfg: TrainConfig) -> SSTConfig:
+    """The run's architecture: a preset family at the run's scale (the one preset resolver), or any
+    architecture `build_model` accepts (a preset name, a JSON/YAML file, a dict) with the run's scale."""
+    from ribsr_cli.engine import build_model
+    from ribsr_cli.engine.presets import FAMILIES, get_config
+
+    if isinstance(cfg.arch, str) and cfg.arch in FAMILIES:
+        return get_config(cfg.arch, cfg.scale)
+    base = build_model(cfg.arch).config if isinstance(cfg.arch, str) else SSTConfig.from_network_g(dict(cfg.arch))
+    return base.with_scale(cfg.scale)
