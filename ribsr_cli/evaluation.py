@@ -10,8 +10,8 @@ methods and checked against the published bicubic numbers, which catches a
 wrong dataset copy or protocol before anyone believes a model's score.
 
 Methods are plain callables `(lr_uint8, scale) -> sr_uint8` on HxW or HxWxC
-arrays, so a model from `ribsr_cli.engine.inference.make_upscaler` plugs in
-like the bicubic baseline.
+arrays, so a model (an `ribsr_cli.engine.runner.Upscaler`) plugs in like the
+bicubic baseline.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from ribsr_cli import errors
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize_np, modcrop
-from ribsr_cli.paths import IMAGE_SUFFIXES
+from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 
@@ -49,7 +50,7 @@ DEGRADE_MODES = ("none", "bicubic", "real")
 PUBLISHED_TOLERANCE_DB = 0.02
 
 
-class EvalError(ValueError):
+class EvalError(errors.UsageError):
     """A problem with the datasets or arguments, reported as one line (exit code 2 in the CLI)."""
 
 

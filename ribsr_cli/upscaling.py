@@ -15,12 +15,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from ribsr_cli.engine.attention import attention_report
+from ribsr_cli import errors
 from ribsr_cli.imaging.io import (
     ImageReadError,
     ImageWriteError,
@@ -33,11 +33,14 @@ from ribsr_cli.imaging.io_write import normalise_format
 from ribsr_cli.imaging.lanczos import final_size, resize_to
 from ribsr_cli.pixels import grey_like, to_rgb
 
+if TYPE_CHECKING:
+    from ribsr_cli.engine.runner import Upscaler
+
 GLOB_CHARS = set("*?[")
 FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # `--overwrite true` makes "true" an input
 
 
-class UsageError(ValueError):
+class UsageError(errors.UsageError):
     """A problem with the command line as a whole (exit code 2)."""
 
 
@@ -250,78 +253,11 @@ def upscale_plane(plane: np.ndarray, scale: int, strip: int = 256) -> np.ndarray
     return out
 
 
-@dataclass
-class Engine:
-    """A loaded model and how to run it; `run(image, on_tile)` returns the upscaled colour."""
-
-    model: torch.nn.Module
-    name: str
-    scale: int
-    device: torch.device
-    tile: int | str = "auto"
-    overlap: int = 32
-    batch_tiles: int = 1
-    tta: bool = False
-    autocast: object = None
-    outscale: float | None = None  # final factor after a Lanczos resize of the model's output; None: `scale`
-    precision: str = "fp32"  # what the network runs in (fp32, bf16, fp16), for reports
-    sha256: str | None = None  # the weights' hash, when the registry knows it
-    source: str | None = None  # shipped, stored or file
-
-    def tile_for(self, h: int, w: int) -> int:
-        if isinstance(self.tile, int):
-            return self.tile
-        return auto_tile(self.model, self.device, h, w)
-
-    def run(self, image: np.ndarray, out_dtype, on_tile: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
-        from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
-
-        tile = self.tile_for(*image.shape[:2])
-        while True:
-            try:
-                out = upscale_image(self.model, image, self.scale, tile=tile, overlap=self.overlap,
-                                    batch_tiles=self.batch_tiles, device=self.device, tta=self.tta,
-                                    autocast=self.autocast, out_dtype=out_dtype, on_tile=on_tile)
-                return out, tile
-            except OutOfMemory:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                smaller = (tile or max(image.shape[:2])) // 2
-                if smaller < 32:
-                    raise
-                tile = smaller
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free for activations: CUDA's free memory, else the OS's MemAvailable."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30
-
-
-def auto_tile(model: torch.nn.Module, device: torch.device, h: int, w: int) -> int:
-    """The largest window-aligned tile whose activations fit a quarter of free memory (whole image if it fits)."""
-    arch = getattr(model, "arch", {"dim": 64, "exp_ratio": 2})
-    bytes_per_px = 4 * arch["dim"] * (16 + 4 * arch["exp_ratio"]) * (1 if device.type == "cuda" else 2)
-    budget = min(available_memory(device) // 4, 8 * 2**30)
-    side = int((budget / bytes_per_px) ** 0.5)
-    if h * w <= side * side:
-        return 0
-    align = max(getattr(model, "window_sizes", [16]))
-    return int(max(align * 2, min(1024, side // align * align)))
-
-
-def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int,
-            on_tile: Callable[[int, int], None] | None = None) -> Job:
-    """Read, upscale, write one file; failures land in job.status/reason, never propagate.
+def process(job: Job, upscaler: "Upscaler", *, fmt: str, quality: int, max_pixels: int,
+            outscale: float | None = None, on_tile: Callable[[int, int], None] | None = None) -> Job:
+    """Read, upscale (`upscaler`: the model, its options, tile choice and out-of-memory retry), write one
+    file; failures land in job.status/reason, never propagate. `outscale`: the final factor of a Lanczos
+    resize of the model's output (None: the model's scale).
 
     The output format is the planned name's extension (`fmt` was folded into it by plan_jobs). Output
     folders are made only once the result exists, and removed again when the file is not written, so a
@@ -339,16 +275,19 @@ def process(job: Job, engine: Engine, *, fmt: str, quality: int, max_pixels: int
         if img.alpha is not None:
             rgb = fill_transparent(np.ascontiguousarray(rgb), img.alpha)
         out_dtype = np.uint16 if img.bit_depth == 16 else np.uint8
-        sr, job.tile = engine.run(rgb, out_dtype, on_tile)
-        job.kernels = attention_report(engine.model)["kernels"]
+        retries = len(upscaler.report.fallbacks)
+        sr, job.tile = upscaler.run(rgb, out_dtype, on_tile)
+        job.warnings += upscaler.report.fallbacks[retries:]  # out of memory at the first tile size
+        job.kernels = upscaler.last_kernels()
         sr = grey_like(sr, img.pixels)  # grey in, grey out
-        alpha = upscale_plane(img.alpha, engine.scale) if img.alpha is not None else None
-        if engine.outscale is not None:
-            size = final_size(w, h, engine.outscale)
+        scale = upscaler.loaded.scale
+        alpha = upscale_plane(img.alpha, scale) if img.alpha is not None else None
+        if outscale is not None:
+            size = final_size(w, h, outscale)
             sr = resize_to(sr, *size)
             alpha = resize_to(alpha, *size) if alpha is not None else None
         out_fmt = normalise_format(job.output.suffix.lstrip("."))  # the planned name's, even if the input's content lies
-        dpi = tuple(d * (engine.outscale or engine.scale) for d in img.dpi) if img.dpi else None
+        dpi = tuple(d * (outscale or scale) for d in img.dpi) if img.dpi else None
         created = make_folders(job.output.parent)  # -r mirrors sub-folders, and --name may add some
         warnings = write_image(job.output, sr, alpha, fmt=out_fmt, bit_depth=img.bit_depth, quality=quality,
                                exif=img.exif, xmp=img.xmp, icc_profile=img.icc_profile, dpi=dpi)

@@ -228,7 +228,9 @@ def test_ctrl_c_is_interrupted_with_real_time_and_no_empty_folder(tmp_path: Path
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     photo(src / "a.png"), photo(src / "deep" / "b.png")
-    real_run = upscaling.Engine.run
+    from ribsr_cli.engine.runner import Upscaler
+
+    real_run = Upscaler.run
 
     def slow_then_ctrl_c(self, image, out_dtype, on_tile=None):
         if image.shape[0] == 80 and (tmp_path / "out" / "a_x2.png").exists():  # the second file
@@ -236,7 +238,7 @@ def test_ctrl_c_is_interrupted_with_real_time_and_no_empty_folder(tmp_path: Path
             raise KeyboardInterrupt
         return real_run(self, image, out_dtype, on_tile)
 
-    monkeypatch.setattr(upscaling.Engine, "run", slow_then_ctrl_c)
+    monkeypatch.setattr(Upscaler, "run", slow_then_ctrl_c)
     out = tmp_path / "out"
     result = run("upscale", src, "-r", "-o", out, "--json", tmp_path / "r.json")
     assert result.exit_code == 130

@@ -47,7 +47,7 @@ def _one_line_error(result, *needles: str) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for needle in needles:
         assert needle in lines[0]
     return lines[0]
@@ -217,39 +217,54 @@ def test_cli_user_errors_are_one_line(tmp_path):
     _one_line_error(mismatched, "img0x2.png", "mismatched HR/LR")
 
 
+class _BicubicUpscaler:
+    """Stands in for the engine's Upscaler: its interface (name, call, report, provenance), bicubic's pixels."""
+
+    def __init__(self, scale: int) -> None:
+        from ribsr_cli.engine.runner import RunReport
+
+        self.name, self.report = f"fake-x{scale}", RunReport(precision="fp32")
+
+    def __call__(self, lr, scale):
+        return bicubic_upscaler(lr, scale)
+
+    def provenance(self) -> dict:
+        return {"sha256": None, "source": None}
+
+
 def test_cli_model_hook(tmp_path, monkeypatch):
-    import ribsr_cli.engine.inference as inference
+    from ribsr_cli.engine import runner as engine_runner
 
     calls = []
 
-    def fake_make_upscaler(model, scale, *, tile, tta, device, **_):
-        calls.append((model, scale, tile, tta, device))
-        return f"fake-x{scale}", lambda lr, s: bicubic_upscaler(lr, s)
+    def fake_load_upscaler(model, scale, options, **_):
+        calls.append((model, scale, options.tile, options.tta, options.device, options.precision))
+        return _BicubicUpscaler(scale)
 
-    monkeypatch.setattr(inference, "make_upscaler", fake_make_upscaler)
+    monkeypatch.setattr(engine_runner, "load_upscaler", fake_load_upscaler)
     folder = _make_set(tmp_path)
     out_json = tmp_path / "r.json"
     result = runner.invoke(app, ["eval", str(folder), "-s", "2", "-s", "3", "-m", "my.pth", "--tile", "64", "--tta",
                                  "--json", str(out_json)])
     assert result.exit_code == 0, result.output
-    assert calls == [("my.pth", 2, 64, True, "auto"), ("my.pth", 3, 64, True, "auto")]
+    assert calls == [("my.pth", 2, 64, True, "auto", "fp32"), ("my.pth", 3, 64, True, "auto", "fp32")]
     assert "+0.000" in result.stdout  # delta vs bicubic
     doc = json.loads(out_json.read_text())
     assert [r["method"] for r in doc["results"]] == ["bicubic", "fake-x2", "bicubic", "fake-x3"]
     assert doc["protocol"]["tta"] is True and doc["protocol"]["tile"] == 64
     calls.clear()
     assert runner.invoke(app, ["eval", str(folder), "-q"]).exit_code == 0  # no -m, no --no-model: shipped model
-    assert calls == [(None, 2, 0, False, "auto")]
+    assert calls == [(None, 2, 0, False, "auto", "fp32")]  # scores: fp32 and whole images unless asked
 
-    def no_weights(model, scale, **_):
+    def no_weights(model, scale, options, **_):
         raise ValueError(f"no shipped model for x{scale}")
 
-    monkeypatch.setattr(inference, "make_upscaler", no_weights)
+    monkeypatch.setattr(engine_runner, "load_upscaler", no_weights)
     _one_line_error(runner.invoke(app, ["eval", str(folder)]), "no shipped model for x2", "--no-model")
 
 
 def test_cli_without_engine(tmp_path, monkeypatch):
     folder = _make_set(tmp_path)
-    monkeypatch.setitem(sys.modules, "ribsr_cli.engine.inference", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "ribsr_cli.engine.runner", None)  # import now fails
     _one_line_error(runner.invoke(app, ["eval", str(folder)]), "unavailable", "--no-model")
     assert runner.invoke(app, ["eval", str(folder), "--no-model", "-q"]).exit_code == 0

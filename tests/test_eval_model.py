@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ribsr_cli.cli import app
 from ribsr_cli.engine import build_model
 from ribsr_cli.engine.checkpoint import save_model
-from ribsr_cli.engine.inference import make_upscaler
+from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.engine.tiling import OutOfMemory
 
 
@@ -62,10 +62,10 @@ def test_eval_rejects_wrong_scale_checkpoint(benchmarks_dir: Path, checkpoint: P
     assert "x2" in result.output and "x3" in result.output and "Traceback" not in result.output
 
 
-def test_make_upscaler_falls_back_to_tiles_on_out_of_memory(checkpoint: Path, monkeypatch) -> None:
-    import ribsr_cli.engine.inference as inference
+def test_eval_upscaler_falls_back_to_tiles_on_out_of_memory(checkpoint: Path, monkeypatch) -> None:
+    import ribsr_cli.engine.runner as runner
 
-    real = inference.upscale_image
+    real = runner.upscale_image
     calls: list[int] = []
 
     def flaky(model, image, scale, *, tile=0, **kw):
@@ -74,10 +74,10 @@ def test_make_upscaler_falls_back_to_tiles_on_out_of_memory(checkpoint: Path, mo
             raise OutOfMemory("simulated")
         return real(model, image, scale, tile=tile, **kw)
 
-    monkeypatch.setattr(inference, "upscale_image", flaky)
-    name, fn = make_upscaler(str(checkpoint), 2, device="cpu")
-    lr = (np.random.default_rng(0).random((40, 30, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(runner, "upscale_image", flaky)
+    fn = load_upscaler(str(checkpoint), 2, RunOptions(device="cpu").for_scoring())
+    lr = (np.random.default_rng(0).random((80, 72, 3)) * 255).astype(np.uint8)
     sr = fn(lr, 2)
-    assert sr.shape == (80, 60, 3) and sr.dtype == np.uint8
-    assert calls[0] == 0 and calls[1] > 0
-    assert fn.fallbacks and "tiled" in fn.fallbacks[0]
+    assert sr.shape == (160, 144, 3) and sr.dtype == np.uint8
+    assert calls == [0, 40]  # whole, then half the longer side
+    assert fn.report.fallbacks and "tiled" in fn.report.fallbacks[0]

@@ -321,6 +321,28 @@ def test_a_name_template_cannot_leave_the_output_folder(tmp_path: Path, model_pa
     assert not (tmp_path / "deep").exists() and not list(tmp_path.glob("x*"))
 
 
+def test_model_in_the_name_is_the_model_that_runs_not_the_alias(tmp_path: Path, model_path: Path) -> None:
+    """{model} is the name the registry gives the weights (`-m real` runs ribsr-s-real-x2; a file: its
+    stem), the same name the report records, and it is known before any weights are read (dry run)."""
+    from ribsr_cli.catalog import variant_model
+
+    coffee().save(tmp_path / "a.png")
+    from_file = upscale(model_path, tmp_path / "a.png", "-o", tmp_path / "file", "--name", "{stem}_{model}")
+    assert from_file.exit_code == 0 and (tmp_path / "file" / f"a_{model_path.stem}.png").is_file()
+    real = variant_model("real", 2)
+    if real is None:
+        pytest.skip("no shipped real x2 model")
+    dry = upscale(None, tmp_path / "a.png", "-o", tmp_path / "out", "-m", "real", "--name", "{stem}_{model}",
+                  "--dry-run")
+    assert dry.exit_code == 0 and f"a_{real.name}.png" in one_line(dry.output)
+    result = upscale(None, tmp_path / "a.png", "-o", tmp_path / "out", "-m", "real", "--name", "{stem}_{model}",
+                     "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"a_{real.name}.png"]  # not a_real.png
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == real.name and report["model_sha256"] == real.sha256
+
+
 def test_dry_run_writes_nothing(tmp_path: Path, model_path: Path) -> None:
     tree = _tree(tmp_path / "tree")
     out = tmp_path / "out"

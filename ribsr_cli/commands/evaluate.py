@@ -1,28 +1,27 @@
 """`ribsr eval`: PSNR-Y / SSIM-Y on benchmark sets, bicubic alongside, published numbers beside it.
 
 The scoring lives in `ribsr_cli.evaluation`; this module parses flags, loads a
-model through `ribsr_cli.engine.inference.make_upscaler` (imported only when a
-model is asked for, so bicubic evaluation never needs the engine), and writes
-the table, JSON and CSV. User mistakes end with one line and exit code 2.
+model through `ribsr_cli.engine.runner` (imported only when a model is asked
+for, so bicubic evaluation never needs the engine), and writes the table, JSON
+and CSV. User mistakes raise `UsageError` (one line, exit code 2, printed by `cli.guarded`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
-from typing import Callable, NoReturn, Optional
+from typing import Optional
 
 import typer
 
+from ribsr_cli.errors import RibsrError, UsageError
+from ribsr_cli.fileutil import atomic_write_text
+
 BASELINES = ("bicubic",)
 MAX_SCALE = 8
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def parse_scales(values: list[str]) -> list[int]:
@@ -34,70 +33,54 @@ def parse_scales(values: list[str]) -> list[int]:
             try:
                 scale = int(item)
             except ValueError:
-                _fail(f"invalid scale {item!r}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
+                raise UsageError(f"invalid scale {item!r}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
             if not 2 <= scale <= MAX_SCALE:
-                _fail(f"invalid scale {scale}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
+                raise UsageError(f"invalid scale {scale}: use whole numbers 2-{MAX_SCALE}, e.g. -s 2,3,4")
             if scale not in scales:
                 scales.append(scale)
     if not scales:
-        _fail("no scale given: use e.g. -s 2,3,4")
+        raise UsageError("no scale given: use e.g. -s 2,3,4")
     return scales
 
 
-def _model_upscaler(model: Optional[str], scale: int, tile: int, tta: bool, device: str, precision: str,
-                    attention: str, denoise: Optional[float] = None) -> tuple[str, Callable]:
-    """(name, fn(lr, scale)) from the engine; the import is lazy so bicubic works without it."""
+def _run_options(device: str, precision: str, attention: str, tile: int | str, tta: bool):
+    """The model's run options as scores need them (`RunOptions.for_scoring`: fp32 and whole images unless
+    asked); None when the engine cannot be imported, which is reported, with its hint, when the model is
+    loaded."""
     try:
-        from ribsr_cli.engine.inference import make_upscaler
+        from ribsr_cli.engine.runner import RunOptions
+    except ImportError:
+        return None
+    return RunOptions(device=device, precision=precision, attention=attention, tile=tile, tta=tta).for_scoring()
+
+
+def _model_upscaler(model: Optional[str], scale: int, options, denoise: Optional[float] = None):
+    """The engine's Upscaler for `-m` at `scale`, a method like bicubic's; the import is lazy so bicubic
+    works without it."""
+    try:
+        from ribsr_cli.engine.runner import load_upscaler
     except ImportError as exc:
         hint = "" if model else " (no -m given, so the shipped model was wanted)"
-        _fail(f"model upscaling is unavailable{hint}: cannot import ribsr_cli.engine.inference.make_upscaler "
+        raise UsageError(f"model upscaling is unavailable{hint}: cannot import ribsr_cli.engine.runner "
               f"({exc}); use --no-model to score bicubic only")
     try:
-        return make_upscaler(model, scale, tile=tile, tta=tta, device=device, precision=precision,
-                             attention=attention, denoise=denoise)
+        return load_upscaler(model, scale, options, denoise=denoise)
     except Exception as exc:  # missing/damaged weights, wrong scale, unknown device: one line
         what = f"model {model!r}" if model else "the shipped model"
         hint = "" if model else "; pass -m MODEL, or --no-model for bicubic only"
-        _fail(f"cannot load {what} for x{scale}: {exc}{hint}")
+        raise UsageError(f"cannot load {what} for x{scale}: {exc}{hint}")
 
 
-def _check_run_options(device: str, precision: str, attention: str) -> str:
+def _check_run_options(options, device: str) -> str:
     """The device the model will run on, as reports name it; an unavailable device or kernel is a usage
     error before any image is scored."""
-    from ribsr_cli.commands.options import check_attention_kernel
-
-    try:
-        from ribsr_cli.engine.runtime import pick_device, pick_dtype
-    except ImportError:  # reported, with its hint, when the model is loaded
+    if options is None:  # no engine: reported, with its hint, when the model is loaded
         return device
     try:
-        dev = pick_device(device)
-        check_attention_kernel(attention, dev, pick_dtype("fp32" if precision == "auto" else precision, dev))
+        resolved, _ = options.resolve()
     except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        _fail(str(exc).splitlines()[0])
-    return str(dev)
-
-
-def _weights_identity(fn: Callable, model: Optional[str], scale: int) -> dict:
-    """sha256 and source of the weights that ran: from the engine's callable when it records them, else
-    looked up the way the registry resolves -m (a file, a shipped or stored name, the scale's default)."""
-    if hasattr(fn, "source"):  # recorded by make_upscaler (both hashes for a --denoise mix)
-        components = getattr(fn, "components", None)
-        return {"scale": scale, "sha256": fn.sha256, "source": fn.source,
-                **({"interpolated_from": components} if components else {})}
-    sha256, source = None, None
-    try:
-        from ribsr_cli.catalog import default_model, find_model, sha256_file
-
-        if model and Path(model).is_file():
-            sha256, source = sha256_file(model), "file"
-        else:
-            entry = find_model(model) if model else default_model(scale)
-            sha256, source = (entry.sha256, entry.source) if entry else (None, None)
-    except (ImportError, OSError, AttributeError):
-        pass
-    return {"scale": scale, "sha256": sha256, "source": source}
+        raise UsageError(str(exc).splitlines()[0])
+    return str(resolved)
 
 
 LR_SOURCES = {
@@ -158,22 +141,25 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
     }
 
 
-def _write_csv(path: Path, results) -> None:
-    with open(path, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["dataset", "scale", "method", "image", "psnr_y", "ssim_y", "seconds"])
-        for r in results:
-            for s in r.per_image:
-                out.writerow([r.dataset, r.scale, r.method, s.name, f"{s.psnr:.6f}", f"{s.ssim:.6f}", ""])
-            out.writerow([r.dataset, r.scale, r.method, "(mean)", f"{r.psnr:.6f}", f"{r.ssim:.6f}", f"{r.seconds:.4f}"])
+def _csv_text(results) -> str:
+    """Per-image rows and each method's mean, as the --csv file holds them."""
+    fh = io.StringIO(newline="")
+    out = csv.writer(fh)
+    out.writerow(["dataset", "scale", "method", "image", "psnr_y", "ssim_y", "seconds"])
+    for r in results:
+        for s in r.per_image:
+            out.writerow([r.dataset, r.scale, r.method, s.name, f"{s.psnr:.6f}", f"{s.ssim:.6f}", ""])
+        out.writerow([r.dataset, r.scale, r.method, "(mean)", f"{r.psnr:.6f}", f"{r.ssim:.6f}", f"{r.seconds:.4f}"])
+    return fh.getvalue()
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
+def _write(path: Path, text: str) -> None:
+    """Write a report all or nothing; a failure is one error line (exit 1)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(path)
+        atomic_write_text(path, text)
     except OSError as exc:
-        _fail(f"{path}: cannot write ({exc.strerror or exc})", code=1)
+        raise RibsrError(path, f"cannot write ({exc.strerror or exc})") from None
 
 
 def _fmt(x: float, digits: int) -> str:
@@ -278,41 +264,41 @@ def command(
     from ribsr_cli.evaluation import EvalError, check_pairs, discover_dataset, evaluate
 
     if quiet and verbose:
-        _fail("choose one of -q and -v")
+        raise UsageError("choose one of -q and -v")
     degrade = degrade.lower()
     if degrade not in LR_SOURCES:
-        _fail(f"unknown --degrade {degrade!r}: choose none, bicubic or real")
+        raise UsageError(f"unknown --degrade {degrade!r}: choose none, bicubic or real")
     if ignore_lr:
         if degrade == "real":
-            _fail("--ignore-lr (bicubic LR) and --degrade real exclude each other")
+            raise UsageError("--ignore-lr (bicubic LR) and --degrade real exclude each other")
         degrade = "bicubic"
     if denoise is not None and no_model:
-        _fail("--denoise mixes two models; it cannot go with --no-model")
+        raise UsageError("--denoise mixes two models; it cannot go with --no-model")
     if denoise is not None:
         from ribsr_cli.engine.interpolate import check_strength
 
         try:
             check_strength(denoise)
         except ValueError as exc:
-            _fail(str(exc))
+            raise UsageError(str(exc))
     if baseline is not None and baseline.lower() not in BASELINES:
-        _fail(f"unknown baseline {baseline!r}: choose {', '.join(BASELINES)}")
+        raise UsageError(f"unknown baseline {baseline!r}: choose {', '.join(BASELINES)}")
     scales = parse_scales(scale)
     if no_model and model is not None:
-        _fail("-m and --no-model exclude each other")
+        raise UsageError("-m and --no-model exclude each other")
     use_model = not no_model
     tile_value = parse_tile(tile)
-    tile_px = 0 if tile_value == "auto" else int(tile_value)
-    device_used = _check_run_options(device, precision, attention) if use_model else None
+    run_options = _run_options(device, precision, attention, tile_value, tta) if use_model else None
+    device_used = _check_run_options(run_options, device) if use_model else None
     try:
         found = [discover_dataset(d) for d in datasets]
         if degrade == "none":
             for ds in found:
                 check_pairs(ds, scales)
     except EvalError as exc:
-        _fail(str(exc))
+        raise UsageError(str(exc))
     if len({ds.name for ds in found}) != len(found):
-        _fail("two datasets share a folder name; results would be ambiguous")
+        raise UsageError("two datasets share a folder name; results would be ambiguous")
 
     from rich.progress import Progress
 
@@ -324,9 +310,9 @@ def command(
     for s in scales:
         methods = {}
         if use_model:  # loaded before the progress bar starts, one scale's model at a time
-            name, fn = _model_upscaler(model, s, tile_px, tta, device, precision, attention, denoise)
-            methods[name] = fn
-            models_ran.append({"name": name, **_weights_identity(fn, model, s)})
+            upscaler = _model_upscaler(model, s, run_options, denoise)
+            methods[upscaler.name] = upscaler
+            models_ran.append({"name": upscaler.name, "scale": s, **upscaler.provenance()})
         console = _stderr_console()
         with Progress(transient=True, disable=quiet or verbose or not console.is_terminal, console=console) as progress:
             task = progress.add_task(f"x{s}", total=sum(len(ds.hr_files) for ds in found))
@@ -341,22 +327,21 @@ def command(
                 report = evaluate(found, [s], methods, crop_border=crop_border, test_y=not rgb,
                                   degrade=degrade, save_dir=save_images, on_image=on_image)
             except EvalError as exc:
-                error = (str(exc), 2)
+                error: RibsrError | None = UsageError(str(exc))
             except Exception as exc:  # a model failing mid-run: one line, not a traceback
-                error = (f"evaluation failed at x{s}: {type(exc).__name__}: {exc}", 1)
+                error = RibsrError(f"evaluation failed at x{s}: {type(exc).__name__}: {exc}")
             else:
                 error = None
-        if error:
-            _fail(*error)
+        if error:  # raised after the progress bar has closed, so the line is not drawn over
+            raise error
         results += report.results
         warnings += report.warnings
-        for fn in methods.values():
-            fallbacks = getattr(fn, "fallbacks", [])
-            warnings += [f"x{s}: {note}" for note in fallbacks]
-            tiled_fallbacks += [f"x{s}: {note}" for note in fallbacks]
-            kernels_ran += [k for k in getattr(fn, "kernels", []) if k not in kernels_ran]
-            ran = getattr(fn, "precision", None) or ("fp32" if precision == "auto" else precision)
-            precisions += [ran] if ran not in precisions else []
+        for upscaler in methods.values():
+            ran = upscaler.report
+            warnings += [f"x{s}: {note}" for note in ran.notes + ran.fallbacks]
+            tiled_fallbacks += [f"x{s}: {note}" for note in ran.fallbacks]
+            kernels_ran += [k for k in ran.kernels if k not in kernels_ran]
+            precisions += [ran.precision] if ran.precision not in precisions else []
         lr_files.update(report.lr_files_used)
         method_names += [m for m in dict.fromkeys(r.method for r in report.results) if m not in method_names]
 
@@ -377,9 +362,9 @@ def command(
     if json_path is not None:
         doc = {"ribsr_version": __version__, "protocol": protocol(args, lr_files, method_names),
                "results": [r.as_dict() for r in results]}
-        _write(json_path, lambda p: p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n"))
+        _write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     if csv_path is not None:
-        _write(csv_path, lambda p: _write_csv(p, results))
+        _write(csv_path, _csv_text(results))
     if not quiet:
         for path in (json_path, csv_path):
             if path is not None:

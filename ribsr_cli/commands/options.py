@@ -3,7 +3,8 @@
 `--precision auto|fp32|bf16|fp16`, `--tile auto|N` and `--attention auto|flash|sdpa|math` mean the same
 in every command; the names they replaced (`bench --dtype`) stay as hidden aliases for a release, merged
 here so each command reads one value. Checks that need no model (an unavailable kernel, a missing
-device) are usage errors before any work, never one failure per file.
+device) are usage errors before any work, never one failure per file: each raises a `UsageError`
+naming the option and its value, which `cli.guarded` prints as `error: --tile 16: ...` with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,24 +12,23 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import typer
+from ribsr_cli.errors import UsageError
 
-MIN_TILE = 32
 FORMAT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 
 
 def parse_tile(value: str) -> int | str:
-    """`auto` or a whole number of LR pixels (0: whole image); the same rule in upscale and eval."""
+    """`auto` or a whole number of LR pixels (0: whole image); the same rule in upscale and eval. The
+    smallest tile is the runner's rule (`RunOptions.resolve` checks it), so this needs no engine."""
     value = value.strip().lower()
     if value == "auto":
         return "auto"
     try:
         tile = int(value)
     except ValueError:
-        raise typer.BadParameter("use a number of LR pixels, 0 (whole image) or auto",
-                                 param_hint="--tile") from None
-    if tile < 0 or 0 < tile < MIN_TILE:
-        raise typer.BadParameter(f"tile must be 0 (whole image), auto, or at least {MIN_TILE}", param_hint="--tile")
+        raise UsageError(f"--tile {value}", "use a number of LR pixels, 0 (whole image) or auto") from None
+    if tile < 0:
+        raise UsageError(f"--tile {value}", "use a number of LR pixels, 0 (whole image) or auto")
     return tile
 
 
@@ -37,7 +37,7 @@ def merge_alias(value: Optional[str], alias: Optional[str], name: str, alias_nam
     if alias is None:
         return value
     if value is not None and value != alias:
-        raise typer.BadParameter(f"{alias_name} is the old name of {name}; give one of them", param_hint=name)
+        raise UsageError(f"{name} {value} {alias_name} {alias}", f"{alias_name} is the old name of {name}; give one of them")
     return alias
 
 
@@ -45,8 +45,7 @@ def normalise_format(value: str, choices: tuple[str, ...]) -> str:
     """`--format` value with the spellings other tools use (jpeg, tif, upper case) accepted."""
     fmt = FORMAT_ALIASES.get(value.strip().lower(), value.strip().lower())
     if fmt not in choices:
-        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(choices)} (jpeg and tif are accepted too)",
-                                 param_hint="--format")
+        raise UsageError(f"--format {value}", f"choose one of {', '.join(choices)} (jpeg and tif are accepted too)")
     return fmt
 
 
@@ -62,30 +61,10 @@ def parse_scale(value: Optional[str]) -> tuple[Optional[int], Optional[float]]:
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise typer.BadParameter(f"{value!r}: use a model scale 2, 3 or 4, or a final factor such as 3.5 "
-                                 "(read as --outscale)", param_hint="'--scale' / '-s'")
+        raise UsageError(f"--scale {value}", "use a model scale 2, 3 or 4, or a final factor such as 3.5 (read as --outscale)")
     if number in MODEL_SCALES:
         return int(number), None
     if 1 <= number <= MODEL_SCALES[-1]:
         return None, number
-    raise typer.BadParameter(f"{value}: model scales are 2, 3 and 4; a final factor between 1 and 4 (e.g. 3.5) "
-                             "is read as --outscale", param_hint="'--scale' / '-s'")
-
-
-def check_attention_kernel(attention: str, device, dtype) -> None:
-    """Raise ValueError when `--attention flash` cannot run here: before any file, not once per file."""
-    import torch
-
-    from ribsr_cli.engine.kernels import check_kernel, flash_attn_func
-
-    check_kernel(attention)
-    if attention != "flash":
-        return
-    if device.type != "cuda":
-        raise ValueError(f"--attention flash needs a CUDA device; this run is on {device.type} "
-                         "(use auto, sdpa or math)")
-    if flash_attn_func() is None:
-        raise ValueError("--attention flash needs the flash-attn package (pip install -e '.[flash]'); "
-                         "use auto or sdpa for PyTorch's own FlashAttention kernel")
-    if dtype == torch.float32:
-        raise ValueError("--attention flash needs --precision bf16 or fp16")
+    raise UsageError(f"--scale {value}", "model scales are 2, 3 and 4; a final factor between 1 and 4 (e.g. 3.5) "
+                                    "is read as --outscale")

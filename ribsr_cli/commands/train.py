@@ -1,4 +1,8 @@
-"""`ribsr train`: flags over `TrainConfig`; the loop itself lives in ribsr_cli.training.trainer."""
+"""`ribsr train`: flags over `TrainConfig`; the loop itself lives in ribsr_cli.training.trainer.
+
+A bad flag or a missing data/run folder is a `UsageError` (exit status 2, one `error:` line from
+`cli.guarded`); a stop by Ctrl-C or kill exits 130 with the checkpoint already on disk.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ def command(
     scale: int = typer.Option(2, "--scale", "-s", min=2, max=4, help="Upscaling factor."),
     out_dir: Path = typer.Option(Path("runs/ribsr-s-x2"), "--out", "-o", help="Run folder (checkpoints, log.csv)."),
     data_dir: Path = typer.Option(Path("data/prepared"), "--data", help="Prepared HR pool (`ribsr data fetch`, then `ribsr data prepare`)."),
-    val_dir: Optional[Path] = typer.Option(None, "--val", help="Validation set (monitoring only; default "
-                                           "<shared>/benchmarks/Set5, <shared> being $RIBSR_SHARED or ../shared)."),
+    val_dir: Optional[str] = typer.Option(None, "--val", help="Validation set (monitoring only; default "
+                                          "<shared>/benchmarks/Set5, <shared> being $RIBSR_SHARED or ../shared; "
+                                          "--val '' trains without validation)."),
     patch: int = typer.Option(48, help="LR patch size."),
     batch: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
@@ -32,25 +37,28 @@ def command(
         help="How LR patches are made: bicubic (the benchmark convention) or real (random camera-like blur, "
              "resize, noise and JPEG; validation then scores the fixed `eval --degrade real` recipe)."),
 ) -> None:
-    from ribsr_cli.paths import benchmarks_dir
-    from ribsr_cli.training.trainer import TrainConfig, TrainingInterrupted, train
-
+    from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.training.degrade import DEGRADATIONS
+    from ribsr_cli.training.config import TrainConfig
+    from ribsr_cli.training.stopping import TrainingInterrupted
+    from ribsr_cli.training.trainer import train
 
     if degradation not in DEGRADATIONS:
-        typer.echo(f"error: --degradation must be {' or '.join(DEGRADATIONS)}, got {degradation!r}", err=True)
-        raise typer.Exit(2)
+        raise UsageError(f"--degradation {degradation}", f"choose {' or '.join(DEGRADATIONS)}")
 
     cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
-                      val_dir=str(val_dir or benchmarks_dir() / "Set5"),
+                      val_dir=val_dir,
                       patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
                       max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
                       seed=seed, init_from=str(init_from or ""), degradation=degradation)
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
-    except (ValueError, FileNotFoundError) as exc:  # bad flags or a missing data/run folder: one line, not a traceback
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except RibsrError:  # a checkpoint, manifest ... error already carries its path and exit status
+        raise
+    except FileNotFoundError as exc:  # a missing data or run folder
+        raise UsageError(exc.filename or "", exc.strerror or str(exc)) from None
+    except ValueError as exc:  # flags that do not fit together (batch vs GPUs, --steps vs --max-minutes)
+        raise UsageError(str(exc)) from None
     except TrainingInterrupted as exc:  # the checkpoint is already on disk
         typer.echo(str(exc), err=True)
         raise typer.Exit(130) from None

@@ -12,9 +12,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import List, Optional
 
 import typer
+
+from ribsr_cli.errors import UsageError
+from ribsr_cli.fileutil import atomic_write_text
 
 FORMATS = ("keep", "png", "jpg", "webp", "tiff")
 
@@ -62,7 +65,7 @@ def command(
     from rich.console import Console
 
     from ribsr_cli.commands import options
-    from ribsr_cli.upscaling import UsageError, no_images_message, plan_jobs, resolve_scales, scale_label, unwritable_folders
+    from ribsr_cli.upscaling import no_images_message, plan_jobs, resolve_scales, scale_label, unwritable_folders
 
     started = time.perf_counter()
     # soft_wrap: a "failed FILE: reason" line stays one line in logs and pipes, whatever the width
@@ -70,47 +73,40 @@ def command(
     err = Console(stderr=True, soft_wrap=True)
     all_inputs = list(inputs or []) + list(input_opts or [])
     if not all_inputs:
-        raise typer.BadParameter("give at least one image file, folder or pattern (as an argument or with -i)",
-                                 param_hint="INPUT")
+        raise UsageError("INPUT", "give at least one image file, folder or pattern (as an argument or with -i)")
     fmt = options.normalise_format(fmt, FORMATS)
     tile_value = options.parse_tile(tile)
     scale, scale_outscale = options.parse_scale(scale_text)
     if scale_outscale is not None:
         if outscale is not None:
-            raise typer.BadParameter(f"{scale_text} is a final factor (read as --outscale); give it once, "
-                                     "with -s or with --outscale", param_hint="'--scale' / '-s'")
+            raise UsageError(f"--scale {scale_text}", "a final factor (read as --outscale); give it once, "
+                             "with -s or with --outscale")
         outscale = scale_outscale
         if not quiet:
             err.print(f"note: -s {scale_text} is read as --outscale {scale_text} (the final size; the model "
                       "scale is picked to reach it)", highlight=False)
-    try:
-        scale, outscale = resolve_scales(scale, outscale)
-    except UsageError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--outscale")
-    dev, dtype = _check_run_options(err, device, precision, attention)
+    scale, outscale = resolve_scales(scale, outscale)
+    from ribsr_cli.engine.runner import RunOptions
+
+    run_options = RunOptions(device=device, precision=precision, attention=attention, tile=tile_value,
+                             overlap=tile_overlap, batch_tiles=batch_tiles, tta=tta)
+    dev, dtype = _check_run_options(run_options)
     if ray_address:
         from ribsr_cli.distributed.ray_upscale import import_ray
 
-        try:
-            import_ray()
-        except UsageError as exc:
-            _usage_exit(err, exc)
+        import_ray()
     elif workers != 1:
-        raise typer.BadParameter("worker processes are Ray's: add --ray local (or a cluster address)",
-                                 param_hint="--workers")
-    if denoise is not None:
-        model_label = _denoise_label(err, model, scale, denoise)
-    else:
-        model_label = _model_label(model, scale)
-    try:
-        jobs = plan_jobs(all_inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale),
-                         model=model_label, fmt=fmt, overwrite=overwrite)
-    except UsageError as exc:
-        _usage_exit(err, exc)
+        raise UsageError("--workers", "worker processes are Ray's: add --ray local (or a cluster address)")
+    # which weights -m names (no weights read): needed now when the output names say {model} (or --denoise
+    # names a pair), else only once a file needs the model, so a finished batch re-runs without it
+    needed_now = denoise is not None or _names_model(name)
+    model_ref = _locate_model(model, scale, arch, denoise, required=needed_now)
+    jobs = plan_jobs(all_inputs, output, recursive=recursive, template=name, scale=scale_label(scale, outscale),
+                     model=model_ref.name if model_ref else "", fmt=fmt, overwrite=overwrite)
     if not jobs:
-        _usage_exit(err, no_images_message(all_inputs, recursive))
+        raise UsageError(no_images_message(all_inputs, recursive))
     for folder, reason in unwritable_folders(jobs):  # before any work, in dry runs too
-        _usage_exit(err, f"{folder}: {reason}; choose another -o")
+        raise UsageError(folder, f"{reason}; choose another -o")
     if dry_run:
         for job in jobs:
             state = "would write" if job.status == "pending" else job.status
@@ -118,36 +114,32 @@ def command(
                           highlight=False)
         raise typer.Exit(1 if any(j.status == "failed" for j in jobs) else 0)
 
-    engine = None
-    engine_kwargs = dict(model=model, arch=arch, scale=scale, dev=dev, precision=precision, attention=attention,
-                         tile=tile_value, overlap=tile_overlap, batch_tiles=batch_tiles, tta=tta, outscale=outscale,
-                         denoise=denoise)
+    upscaler = None
     if any(j.status == "pending" for j in jobs):  # a finished batch re-run needs no model
-        engine = _load_engine(err, **engine_kwargs)  # with --ray too: a bad model is one usage error, not N
+        model_ref = model_ref or _locate_model(model, scale, arch, denoise, required=True)
+        upscaler = _load_upscaler(err, model_ref, run_options)  # with --ray too: a bad model is one usage error, not N
         if verbose:
             final = f", then Lanczos to x{outscale:g}" if outscale else ""
             tiles = "auto (from free memory, per file)" if tile_value == "auto" else (
                 "whole images" if tile_value == 0 else f"{tile_value} LR px")
-            err.print(f"model {engine.name} x{scale} on {engine.device}, {engine.precision}, tile {tiles}, "
-                      f"overlap {tile_overlap}{final}", highlight=False)
+            err.print(f"model {upscaler.name} x{scale} on {upscaler.device}, {upscaler.report.precision}, "
+                      f"tile {tiles}, overlap {tile_overlap}{final}", highlight=False)
     from ribsr_cli.engine.runtime import precision_name
 
-    run = RunInfo(model_label, scale, outscale, str(dev), precision_name(dtype), attention, tile_value,
-                  tile_overlap, tta)
-    if engine is not None:
-        run.model, run.sha256, run.source = engine.name, engine.sha256, engine.source
-        run.precision = engine.precision  # after a foreign model's fallback to fp32
+    run = RunInfo(model_ref.name if model_ref else (model or "default"), scale, outscale, str(dev),
+                  precision_name(dtype), attention, tile_value, tile_overlap, tta)
+    if upscaler is not None:
+        run.sha256, run.source = upscaler.loaded.sha256, upscaler.loaded.source
+        run.precision = upscaler.report.precision  # after a foreign model's fallback to fp32
     remote = None
     if ray_address:  # the same jobs and per-file work; only the scheduling moves to Ray
         from ribsr_cli.distributed.ray_upscale import WorkerSettings, upscale_on_ray
 
-        settings = WorkerSettings(_load_engine, engine_kwargs, device, precision, attention, fmt, quality, max_pixels)
+        settings = WorkerSettings(model, scale, arch, denoise, run_options, outscale, fmt, quality, max_pixels)
         run.device = f"ray {ray_address}, {workers} worker(s), {device}"
         remote = functools.partial(upscale_on_ray, settings=settings, address=ray_address, workers=workers)
-    try:
-        interrupted = _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose, remote)
-    except UsageError as exc:  # --ray ADDRESS with no cluster there
-        _usage_exit(err, exc)
+    # a UsageError from here is --ray ADDRESS with no cluster there
+    interrupted = _run_jobs(jobs, upscaler, outscale, fmt, quality, max_pixels, console, err, quiet, verbose, remote)
     run.seconds = time.perf_counter() - started
     _summary(jobs, console, err, quiet, interrupted, run.seconds, run.precision)
     json_failed = bool(json_out) and not _write_json(json_out, run, jobs, err)
@@ -174,29 +166,30 @@ class RunInfo:
     seconds: float = 0.0
 
 
-def _model_label(model: str | None, scale: int) -> str:
-    """What {model} in --name stands for: the checkpoint's stem, the shipped name, or the scale's shipped default."""
-    if model and Path(model).exists():
-        return Path(model).stem
-    if model:
-        return model
-    from ribsr_cli.catalog import default_model
-
-    entry = default_model(scale)
-    return entry.name if entry else "default"
-
-
-def _denoise_label(err, model: str | None, scale: int, denoise: float) -> str:
-    """`<clean>+real@S` for --denoise; a -m outside a shipped clean/real pair is a usage error here, before any
-    file is planned."""
-    from ribsr_cli.engine.checkpoint import CheckpointError
-    from ribsr_cli.engine.interpolate import denoise_pair
+def _names_model(template: str) -> bool:
+    """True when the --name template uses {model} (a malformed template is plan_jobs's to report)."""
+    import string
 
     try:
-        clean, _ = denoise_pair(model, scale)
-    except CheckpointError as exc:
-        _usage_exit(err, exc)
-    return f"{clean.name}+real@{denoise:g}"
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    except ValueError:
+        return False
+    return any(f.split(".")[0].split("[")[0] == "model" for f in fields)
+
+
+def _locate_model(model: str | None, scale: int, arch: str | None, denoise: float | None, *, required: bool):
+    """The weights `-m` (and --denoise) name, and so what {model} in --name stands for: the registry's name
+    for them, the very name the loaded model carries. A -m that names nothing (or a --denoise outside a
+    shipped clean/real pair) is a usage error when `required`, else None (found out again when needed)."""
+    from ribsr_cli.engine.checkpoint import CheckpointError
+    from ribsr_cli.engine.registry import locate
+
+    try:
+        return locate(model, scale, arch, denoise)
+    except (CheckpointError, ValueError) as exc:
+        if not required:
+            return None
+        raise UsageError(str(exc)) from None
 
 
 def _write_json(path: Path, run: RunInfo, jobs, err) -> bool:
@@ -216,58 +209,42 @@ def _write_json(path: Path, run: RunInfo, jobs, err) -> bool:
            "tile_overlap": run.tile_overlap, "tta": run.tta, "totals": totals, "files": [j.as_dict() for j in jobs]}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
         err.print(f"[red]error:[/] {path}: cannot write the JSON report ({exc.strerror or exc})", highlight=False)
         return False
     return True
 
 
-def _usage_exit(err, exc: Exception | str) -> NoReturn:
-    from rich.markup import escape  # a reason may hold brackets (pip install "ribsr[models]"): not markup
-
-    err.print(f"[red]error:[/] {escape(str(exc).splitlines()[0])}", highlight=False)
-    raise typer.Exit(2)
-
-
-def _check_run_options(err, device: str, precision: str, attention: str):
+def _check_run_options(options):
     """(device, dtype) to run with; a bad --device/--precision/--attention, or a kernel this machine cannot
     run, is a usage error before any planning (not one failure per file)."""
-    from ribsr_cli.commands.options import check_attention_kernel
-    from ribsr_cli.engine.inference import check_run_options
-    from ribsr_cli.engine.runtime import pick_dtype
-
     try:
-        dev = check_run_options(device, precision, attention)
-        dtype = pick_dtype(precision, dev)
-        check_attention_kernel(attention, dev, dtype)
+        return options.resolve()
+    except UsageError:
+        raise
     except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        _usage_exit(err, exc)
-    return dev, dtype
+        raise UsageError(str(exc)) from None
 
 
-def _load_engine(err, model, arch, scale, dev, precision, attention, tile, overlap, batch_tiles, tta, outscale,
-                 denoise=None):
+def _load_upscaler(err, model_ref, options):
+    """The model loaded and prepared for `options`; a model that cannot load is a usage error. A foreign
+    model's precision fallback is a warning."""
     from ribsr_cli.engine.checkpoint import CheckpointError
-    from ribsr_cli.engine.inference import prepare
-    from ribsr_cli.engine.runtime import pick_dtype, precision_name
-    from ribsr_cli.engine.registry import resolve
-    from ribsr_cli.upscaling import Engine
+    from ribsr_cli.engine.registry import load_model
+    from ribsr_cli.engine.runner import Upscaler
 
     try:
-        label, net = resolve(model, scale, arch, denoise=denoise)
-        autocast = prepare(net, dev, precision, attention)
+        upscaler = Upscaler(load_model(model_ref), options)
     except (CheckpointError, ValueError, RuntimeError) as exc:
-        _usage_exit(err, exc)
-    for note in getattr(net, "notes", []):  # a foreign model's precision fallback
+        raise UsageError(str(exc)) from None
+    for note in upscaler.report.notes:
         err.print(f"[yellow]warning[/] {note}", highlight=False)
-    return Engine(net, label, scale, dev, tile, overlap, batch_tiles, tta, autocast, outscale,
-                  precision=getattr(net, "run_precision", None) or precision_name(pick_dtype(precision, dev)),
-                  sha256=getattr(net, "sha256", None),
-                  source=getattr(net, "source", None))
+    return upscaler
 
 
-def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbose, remote=None) -> bool:
+def _run_jobs(jobs, upscaler, outscale, fmt, quality, max_pixels, console, err, quiet, verbose,
+              remote=None) -> bool:
     """Upscale the pending jobs under one progress bar; True when Ctrl-C stopped the batch.
 
     `remote(jobs)`, when given, does the work elsewhere (Ray) and yields each job once its status row is in:
@@ -289,13 +266,14 @@ def _run_jobs(jobs, engine, fmt, quality, max_pixels, console, err, quiet, verbo
             for job in (pending if remote is None else remote(jobs)):
                 bar.start_file(job)
                 if remote is None:
-                    process(job, engine, fmt=fmt, quality=quality, max_pixels=max_pixels, on_tile=bar.on_tile)
+                    process(job, upscaler, outscale=outscale, fmt=fmt, quality=quality, max_pixels=max_pixels,
+                            on_tile=bar.on_tile)
                 bar.finish_file(job)
                 if job.status == "failed":
                     bar.print(f"[red]failed[/] {job.source}: {job.reason}")
                 elif verbose:
                     extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
-                    kernel = f", kernel {', '.join(job.kernels)} ({engine.precision})" if job.kernels else ""
+                    kernel = f", kernel {', '.join(job.kernels)} ({upscaler.report.precision})" if job.kernels else ""
                     tile = "whole" if not job.tile else f"{job.tile} px"
                     bar.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s, tile {tile}{kernel}{extra}")
                 elif job.warnings and not quiet:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ribsr_cli.engine.runner import RunOptions
 from ribsr_cli.upscaling import Job, UsageError
 
 INSTALL_HINT = 'pip install "ribsr[ray]"'
@@ -70,27 +71,22 @@ def connect(address: str) -> bool:
 
 @dataclass
 class WorkerSettings:
-    """What every actor needs to load the engine and process files: all picklable, no console, no model.
+    """What every actor needs to load the model and process files: all picklable, no console, no model.
 
-    `load_engine(console, dev=..., **engine_kwargs)` is the local command's own loader; each actor picks
-    its device from `device` itself (`auto` on a GPU worker is that worker's GPU)."""
+    The model is named as the user named it (`-m`, `--arch`, `--denoise`), so each actor finds it in its own
+    catalog the way the driver did; each actor resolves `options` itself (device `auto` on a GPU worker is
+    that worker's GPU)."""
 
-    load_engine: Callable[..., Any]
-    engine_kwargs: dict[str, Any]
-    device: str
-    precision: str
-    attention: str
+    model: str | None
+    scale: int
+    arch: str | None
+    denoise: float | None
+    options: RunOptions
+    outscale: float | None
     fmt: str
     quality: int
     max_pixels: int
     threads: int = 1
-
-
-class _StderrConsole:
-    """The `err.print` an engine loader uses for notes, for a worker (a rich Console cannot be pickled)."""
-
-    def print(self, message: Any, **_: Any) -> None:
-        print(str(message), file=sys.stderr)
 
 
 class UpscaleWorker:
@@ -99,12 +95,14 @@ class UpscaleWorker:
     def __init__(self, settings: WorkerSettings) -> None:
         import torch
 
-        from ribsr_cli.engine.inference import check_run_options
+        from ribsr_cli.engine.runner import load_upscaler
 
         torch.set_num_threads(max(1, settings.threads))
         self.settings = settings
-        dev = check_run_options(settings.device, settings.precision, settings.attention)
-        self.engine = settings.load_engine(_StderrConsole(), **{**settings.engine_kwargs, "dev": dev})
+        self.upscaler = load_upscaler(settings.model, settings.scale, settings.options, arch=settings.arch,
+                                      denoise=settings.denoise)
+        for note in self.upscaler.report.notes:  # a foreign model's precision fallback (the driver said it too)
+            print(f"warning {note}", file=sys.stderr)
         self._crash_on = _install_crash_hook()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -115,8 +113,8 @@ class UpscaleWorker:
             job = Job(Path(str(source)), Path(str(output)))
             if self._crash_on is not None:
                 self._crash_on(job)
-            process(job, self.engine, fmt=self.settings.fmt, quality=self.settings.quality,
-                    max_pixels=self.settings.max_pixels)
+            process(job, self.upscaler, outscale=self.settings.outscale, fmt=self.settings.fmt,
+                    quality=self.settings.quality, max_pixels=self.settings.max_pixels)
             rows.append(json.dumps(job.as_dict()))
         return {"index": np.asarray(batch["index"]), "row": np.asarray(rows, dtype=object)}
 
@@ -182,8 +180,9 @@ def upscale_on_ray(jobs: list[Job], settings: WorkerSettings, *, address: str, w
         workers = min(workers, len(pending))  # an idle actor would still hold its CPUs and its model
         threads = cpus_per_worker(ray, workers)
         settings = WorkerSettings(**{**settings.__dict__, "threads": threads})
-        gpus = 1 if settings.device.startswith("cuda") or (
-            settings.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1) else 0
+        device = settings.options.device
+        gpus = 1 if device.startswith("cuda") or (
+            device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1) else 0
         items = [{"index": i, "input": str(job.source), "output": str(job.output)} for i, job in enumerate(pending)]
         hook = {CRASH_ENV: os.environ[CRASH_ENV]} if os.environ.get(CRASH_ENV) else {}
         extra = {"runtime_env": {"env_vars": hook}} if hook else {}
