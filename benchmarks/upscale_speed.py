@@ -1,13 +1,19 @@
 """`ribsr upscale` speed and memory on a 12 MP photo at x2, per tile size, plus what tiling costs in quality.
 
-    python benchmarks/upscale_speed.py [--photo FILE] [--model NAME|CKPT] [--tiles 128,256,384,512]
-                                       [--threads 2] [--quick] [--whole]
+    python benchmarks/upscale_speed.py [--photo FILE | --size WxH] [--scale 2|3|4] [--model NAME|CKPT]
+                                       [--tiles auto,128,256,384,512] [--precisions auto,fp32]
+                                       [--threads 2] [--quick] [--whole] [--no-psnr] [--json FILE]
+
+e.g. the 24 MP x4 memory case of issue 14:
+    python benchmarks/upscale_speed.py --size 6000x4000 --scale 4 --tiles auto --no-psnr
 
 Each tile size runs the real CLI (`python -m ribsr_cli upscale`) in its own
 subprocess, so the wall time includes everything a user waits for (start-up,
 model load, decode, encode) and the peak RSS, read with os.wait4 for that child
-alone, is per configuration. `file s` is the per-file time from the CLI's --json
-report (decode + upscale + encode); MP/s divides the input megapixels by it.
+alone, is per configuration, with the child's user and system CPU time and its
+minor page faults (system time and faults show allocation churn, not compute).
+MP/s divides the input megapixels by the per-file time from the CLI's --json
+report (decode + upscale + encode).
 
 Without --photo, a realistic 4000x3000 photo is built from the four example
 photos (a 2x2 mosaic, each Lanczos-resized); --quick makes it 2 MP instead. The
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -81,11 +88,13 @@ def pick_model(requested: str | None, workdir: Path) -> tuple[str | None, str, s
     return str(path), "random-ribsr-s-x2", "no shipped x2 model: random-init ribsr-s-x2 (speed is representative, quality is not)"
 
 
-def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Path) -> dict:
-    """One `ribsr upscale` in a child process; wall time, the child's own peak RSS, and its JSON report."""
-    report, out = workdir / f"report-{tile}.json", workdir / f"out-{tile}"
-    argv = [sys.executable, "-m", "ribsr_cli", "upscale", str(photo), "-o", str(out), "--tile", tile,
-            "--overwrite", "-q", "--json", str(report)] + (["-m", model] if model else [])
+def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Path, scale: int = 2,
+            precision: str = "auto", keep: Path | None = None) -> dict:
+    """One `ribsr upscale` in a child process: wall time, the child's own peak RSS, user and system CPU time
+    and minor page faults (from its rusage), its JSON report; `keep` receives the output file."""
+    report, out = workdir / f"report-{tile}-{precision}.json", workdir / f"out-{tile}-{precision}"
+    argv = [sys.executable, "-m", "ribsr_cli", "upscale", str(photo), "-o", str(out), "--tile", tile, "-s", str(scale),
+            "--precision", precision, "--overwrite", "-q", "--json", str(report)] + (["-m", model] if model else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,10 +104,24 @@ def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Pa
     wall = time.perf_counter() - start
     if child.returncode != 0:
         return {"error": f"exit {child.returncode}: {log.strip().splitlines()[-1] if log.strip() else ''}"}
-    entry = json.loads(report.read_text())["files"][0]
+    doc = json.loads(report.read_text())
+    entry = doc["files"][0]
     for f in out.iterdir():
-        f.unlink()  # a 48 MP output per configuration adds up
-    return {"wall": wall, "file": entry["seconds"], "rss_mib": usage.ru_maxrss / 1024, "out_size": entry["output_size"]}
+        if keep is not None:
+            f.replace(keep)
+        else:
+            f.unlink()  # a 48 MP output per configuration adds up
+    return {"wall": wall, "file": entry["seconds"], "rss_mib": usage.ru_maxrss / 1024, "out_size": entry["output_size"],
+            "user": usage.ru_utime, "sys": usage.ru_stime, "minflt": usage.ru_minflt, "tile": entry.get("tile"),
+            "precision": doc.get("precision")}
+
+
+def psnr_between(a: Path, b: Path) -> float:
+    """PSNR (dB, 8-bit) of one output against another (e.g. the default precision against fp32)."""
+    x = np.asarray(Image.open(a).convert("RGB"), np.float64)
+    y = np.asarray(Image.open(b).convert("RGB"), np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def whole_image_fits(model: str | None, width: int, height: int) -> tuple[bool, str]:
@@ -137,12 +160,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photo", type=Path, help="photo to upscale (default: a 4000x3000 mosaic of examples/)")
     ap.add_argument("--model", help="shipped model name or checkpoint (default: shipped x2, else random-init ribsr-s-x2)")
-    ap.add_argument("--tiles", default="128,256,384,512", help="comma-separated tile sizes in LR pixels")
+    ap.add_argument("--tiles", default="auto,128,256,384,512",
+                    help="comma-separated tile sizes in LR pixels, or auto (the CLI's default)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for each run (OMP_NUM_THREADS)")
     ap.add_argument("--quick", action="store_true", help="a 2 MP photo and a 512x512 PSNR photo")
     ap.add_argument("--whole", action="store_true", help="also run the whole image untiled, even if it may not fit")
+    ap.add_argument("--scale", type=int, default=2, help="model scale (2, 3 or 4; default 2)")
+    ap.add_argument("--size", help="WxH of the built mosaic photo (default 4000x3000; e.g. 6000x4000 for 24 MP)")
+    ap.add_argument("--precisions", default="auto",
+                    help="comma-separated --precision values, each run per tile (e.g. auto,fp32); with fp32 "
+                         "among them, every other precision's output is compared with fp32's by PSNR")
+    ap.add_argument("--no-psnr", action="store_true", help="skip the tiled-vs-untiled quality comparison")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    tiles = [int(t) for t in args.tiles.split(",") if t.strip()]
+    tiles = [t.strip() for t in args.tiles.split(",") if t.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 
     with tempfile.TemporaryDirectory(prefix="ribsr-bench-") as tmp:
         workdir = Path(tmp)
@@ -153,33 +185,57 @@ def main() -> None:
                 width, height = im.size
         else:
             width, height = (1632, 1224) if args.quick else (4000, 3000)
-            photo, origin = workdir / "photo.png", "mosaic of examples/*, Lanczos"
-            mosaic(width, height).save(photo)
+            if args.size:
+                width, height = (int(v) for v in args.size.lower().split("x"))
+            photo, origin = workdir / "photo.jpg", "mosaic of examples/*, Lanczos, JPEG q92"
+            mosaic(width, height).save(photo, quality=92)
         mp = width * height / 1e6
         import torch
 
-        print(f"photo {width}x{height} ({mp:.1f} MP, {origin}), x2, model {model_name}"
-              f"{f' ({note})' if note else ''}, {args.threads} CPU threads, torch {torch.__version__}")
-        configs = [str(t) for t in tiles]
+        print(f"photo {width}x{height} ({mp:.1f} MP, {origin}), x{args.scale}, model {model_name}"
+              f"{f' ({note})' if note else ''}, {args.threads} CPU threads, torch {torch.__version__}, "
+              f"CPU {platform.processor() or platform.machine()}")
+        configs = list(tiles)
         fits, detail = whole_image_fits(model, width, height)
         if args.whole or fits:
             configs.append("0")
-        print(f"{'tile':>6s} {'wall s':>8s} {'file s':>8s} {'in MP/s':>8s} {'out MP/s':>9s} {'peak RSS MiB':>13s}")
+        print(f"{'tile':>6s} {'prec':>5s} {'ran':>5s} {'wall s':>8s} {'user s':>7s} {'sys s':>7s} {'faults':>9s} "
+              f"{'in MP/s':>8s} {'peak RSS MiB':>13s}")
+        rows = []
         for tile in configs:
-            r = run_cli(photo, model, tile, args.threads, workdir)
-            label = "whole" if tile == "0" else tile
-            if "error" in r:
-                print(f"{label:>6s}  failed: {r['error']}")
-                continue
-            print(f"{label:>6s} {r['wall']:8.1f} {r['file']:8.1f} {mp / r['file']:8.3f} {4 * mp / r['file']:9.3f} "
-                  f"{r['rss_mib']:13.0f}", flush=True)
+            outputs: dict[str, Path] = {}
+            # precisions interleaved within a tile size, so a machine's drift touches all of them alike
+            for precision in precisions:
+                keep = workdir / f"keep-{tile}-{precision}.png" if "fp32" in precisions else None
+                r = run_cli(photo, model, tile, args.threads, workdir, args.scale, precision, keep)
+                label = "whole" if tile == "0" else tile
+                if "error" in r:
+                    print(f"{label:>6s} {precision:>5s}  failed: {r['error']}")
+                    continue
+                if keep is not None:
+                    outputs[precision] = keep
+                rows.append(dict(r, tile_asked=tile, precision_asked=precision))
+                print(f"{label:>6s} {precision:>5s} {r['precision'] or '?':>5s} {r['wall']:8.1f} {r['user']:7.1f} "
+                      f"{r['sys']:7.1f} {r['minflt']:9d} {mp / r['file']:8.3f} {r['rss_mib']:13.0f}", flush=True)
+            for precision, path in outputs.items():
+                row = next(x for x in rows if x["tile_asked"] == tile and x["precision_asked"] == precision)
+                if precision != "fp32" and "fp32" in outputs:
+                    row["psnr_vs_fp32"] = psnr_between(path, outputs["fp32"])
+                    print(f"{'':>6s} {precision:>5s} output PSNR against fp32's: {row['psnr_vs_fp32']:.2f} dB")
+            for path in outputs.values():
+                path.unlink()
         if "0" not in configs:
             print(f"{'whole':>6s}  skipped: would not fit ({detail}); --whole forces it")
+        if args.json:
+            args.json.write_text(json.dumps({"photo": [width, height], "scale": args.scale, "model": model_name,
+                                             "threads": args.threads, "rows": rows}, indent=2) + "\n")
+        if args.no_psnr:
+            return
 
         side = 512 if args.quick else 768
         print(f"\ntiled vs untiled on a {side}x{side} mosaic of native crops (overlap 32):")
         print(f"{'tile':>6s} {'PSNR dB':>8s} {'max|d|':>7s}")
-        for tile, (db, worst) in tiling_psnr(model, tiles, side, args.threads).items():
+        for tile, (db, worst) in tiling_psnr(model, [int(t) for t in tiles if t.isdigit() and int(t) > 0], side, args.threads).items():
             note = "  (covers the photo whole)" if tile >= side else ""
             print(f"{tile:>6d} {db:8.2f} {worst:7d}{note}", flush=True)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ribsr_cli.errors import CheckpointError, ModelStoreError
 from ribsr_cli.fileutil import sha256_file  # re-exported: model code asks the catalog
+from ribsr_cli.paths import REPO_ROOT
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CARD_SUFFIX = ".json"
@@ -35,7 +36,7 @@ WEIGHTS_SUFFIX = ".safetensors"
 
 def source_weights_dir() -> Path:
     """The repository's top-level `weights/` (exists only in a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "weights"
+    return REPO_ROOT / "weights"
 
 
 def weights_dir() -> Path:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from ribsr_cli import errors
+from ribsr_cli.fileutil import atomic_file
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize_np, modcrop
 from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
@@ -340,7 +341,9 @@ def check_published(bicubic: MethodResult) -> str | None:
 
 
 def _save(img: np.ndarray, path: Path) -> None:
+    """Write an SR result as PNG, whole or not at all (ribsr_cli.fileutil)."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(path)
+    with atomic_file(path) as f:
+        Image.fromarray(img).save(f, "PNG")

@@ -22,6 +22,7 @@ import torch
 
 from ribsr_cli import errors
 from ribsr_cli.imaging.io import (
+    IMAGE_EXTENSIONS,
     ImageReadError,
     ImageWriteError,
     is_image_path,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ribsr_cli.engine.runner import Upscaler
 
 GLOB_CHARS = set("*?[")
+SUPPORTED_TYPES = ", ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))  # for "not a supported image type"
 FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # `--overwrite true` makes "true" an input
 
 
@@ -194,9 +196,9 @@ def plan_jobs(
                 job.reason += " (on/off flags take no value: write --overwrite, not --overwrite true)"
             continue
         if not is_image_path(src):
-            job.status, job.reason = "failed", "not a supported image type (jpg, png, tif, webp, bmp, gif)"
+            job.status, job.reason = "failed", f"not a supported image type ({SUPPORTED_TYPES})"
             continue
-        _, ext = output_format_for(src.suffix.lstrip(".").upper().replace("JPG", "JPEG"), fmt)
+        _, ext = output_format_for(src.suffix.lstrip("."), fmt)  # the writer's aliases name jpg, tif
         target = output_path(out_dir, rel, template, scale, model, ext)
         job.output = target
         if target in sources:

@@ -293,6 +293,7 @@ def test_two_inputs_with_one_output_name_are_reported_not_clobbered(tmp_path: Pa
     assert both.exit_code == 1
     assert "clash" in one_line(both.output) and str(tmp_path / "d2" / "x.png") in one_line(both.output)
     alone = upscale(model_path, tmp_path / "d1" / "x.png", "-o", tmp_path / "ref")
+    assert alone.exit_code == 0, alone.output
     assert (tmp_path / "out" / "x_x2.png").read_bytes() == (tmp_path / "ref" / "x_x2.png").read_bytes()
     # the same file named twice (and through its folder) is one job, not a clash
     twice = upscale(model_path, tmp_path / "d1" / "x.png", tmp_path / "d1" / "x.png", tmp_path / "d1",

@@ -14,6 +14,7 @@ from ribsr_cli import errors
 from ribsr_cli.bench.core import Check
 from ribsr_cli.bench.options import MAP_SIDE
 from ribsr_cli.bench.timing import AttentionRow, NetworkRow
+from ribsr_cli.fileutil import atomic_file
 
 
 class PlotUnavailable(errors.UsageError, RuntimeError):
@@ -144,5 +145,11 @@ def save_plot(result: Result, path: str | os.PathLike) -> None:
     fig.suptitle(f"RIB vs RPB window attention, {MAP_SIDE}x{MAP_SIDE} tokens, {mode} - "
                  f"{env['device_name']}, torch {env['torch']}, {env['dtype']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        # The temporary file's name does not end in the target's suffix, so the format is named here
+        # (no suffix: matplotlib's default, savefig.format).
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or None
+        with atomic_file(path) as f:
+            fig.savefig(f, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)

@@ -42,7 +42,7 @@ def command(
 ) -> None:
     """Ship a trained run: measure it with the eval protocol, copy its weights, update MANIFEST.json and README."""
     from ribsr_cli.catalog import manifest
-    from ribsr_cli.errors import RibsrError
+    from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.paths import REPO_ROOT, benchmarks_dir
     from ribsr_cli.training.export import export, readme_path, remeasure as remeasure_model, update_readme
 
@@ -59,8 +59,7 @@ def command(
         update_readme(readme_file, manifest())
         return
     if run is None or not name:
-        typer.echo("error: give a run folder and --name (or --readme, or --remeasure NAME)", err=True)
-        raise typer.Exit(2)
+        raise UsageError("give a run folder and --name (or --readme, or --remeasure NAME)")
     entry = export(run, name, default, benchmarks, photo or REPO_ROOT / "examples" / "astronaut.png", hardware)
     typer.echo(json.dumps({k: entry[k] for k in SUMMARY_KEYS}, indent=2))
     update_readme(readme_file, manifest())

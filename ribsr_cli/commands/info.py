@@ -45,14 +45,16 @@ def kernels_that_run(device: str) -> dict[str, str]:
     (`sdpa:flash`, `math`, `flash_attn`), or why it cannot run there.
 
     Found by running the choice on a small window-attention call shaped as the engine makes them (on the
-    CPU with the RIB bias as a mask, on CUDA in bf16 without one), so the names cannot drift apart.
+    CPU in fp32 with the RIB bias as a mask, on CUDA in the dtype `--precision auto` runs without one), so the
+    names cannot drift apart.
     """
     import torch
 
     from ribsr_cli.engine.kernels import KERNELS, KernelUnavailable, attend
+    from ribsr_cli.engine.runtime import kernel_probe_dtype
 
     cuda = device == "cuda"
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    dtype = kernel_probe_dtype(torch.device(device))
     q, k, v = (torch.randn(4, 2, 64, 32, device=device, dtype=dtype) for _ in range(3))
     bias = None if cuda else torch.zeros(2, 64, 64, device=device, dtype=dtype)
     names = {}

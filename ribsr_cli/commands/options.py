@@ -14,8 +14,6 @@ from typing import Optional
 
 from ribsr_cli.errors import UsageError
 
-FORMAT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
-
 
 def parse_tile(value: str) -> int | str:
     """`auto` or a whole number of LR pixels (0: whole image); the same rule in upscale and eval. The
@@ -42,10 +40,17 @@ def merge_alias(value: Optional[str], alias: Optional[str], name: str, alias_nam
 
 
 def normalise_format(value: str, choices: tuple[str, ...]) -> str:
-    """`--format` value with the spellings other tools use (jpeg, tif, upper case) accepted."""
-    fmt = FORMAT_ALIASES.get(value.strip().lower(), value.strip().lower())
-    if fmt not in choices:
-        raise UsageError(f"--format {value}", f"choose one of {', '.join(choices)} (jpeg and tif are accepted too)")
+    """`--format` value with the spellings other tools use (jpeg, tif, upper case) accepted: any spelling
+    that the image writer's aliases (imaging.io_write.FORMAT_ALIASES) give the same format as a choice."""
+    from ribsr_cli.imaging.io_write import FORMAT_ALIASES, canonical_format
+
+    by_format = {canonical_format(choice): choice for choice in choices}
+    fmt = by_format.get(canonical_format(value))
+    if fmt is None:
+        spellings = {name.lower() for pair in FORMAT_ALIASES.items() for name in pair}
+        others = sorted(s for s in spellings if canonical_format(s) in by_format and s not in choices)
+        accepted = f" ({' and '.join(others)} {'is' if len(others) == 1 else 'are'} accepted too)" if others else ""
+        raise UsageError(f"--format {value}", f"choose one of {', '.join(choices)}{accepted}")
     return fmt
 
 

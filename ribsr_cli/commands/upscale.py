@@ -18,6 +18,7 @@ import typer
 
 from ribsr_cli.errors import UsageError
 from ribsr_cli.fileutil import atomic_write_text
+from ribsr_cli.imaging import DEFAULT_MAX_PIXELS
 
 FORMATS = ("keep", "png", "jpg", "webp", "tiff")
 
@@ -47,7 +48,7 @@ def command(
     precision: str = typer.Option("auto", "--precision", metavar="auto|fp32|bf16|fp16", help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16; see ribsr info), fp32 elsewhere."),
     attention: str = typer.Option("auto", "--attention", metavar="auto|flash|sdpa|math", help="Attention kernel (ribsr info shows which runs)."),
     tta: bool = typer.Option(False, "--tta", help="8-fold flip/rotate self-ensemble (8x slower, slightly better)."),
-    max_pixels: int = typer.Option(250_000_000, "--max-pixels", metavar="N", help="Refuse images with more pixels than this (decompression bombs)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", metavar="N", help="Refuse images with more pixels than this (decompression bombs)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be done, check the output folders can be written, and exit."),
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the run and per-file results to this JSON file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final line."),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine import kernels
 from ribsr_cli.engine.rib import rib_bias, rib_factors, rpb_bias
-from ribsr_cli.engine.runtime import attention_core_dtype
+from ribsr_cli.engine.runtime import attention_core_dtype, total_memory_bytes
 
 POSITIONAL = ("RIB", "RPB", "NoPE")
 STRATEGIES = ("auto", "concat", "bias")
@@ -37,12 +37,9 @@ BIAS_FASTER_UP_TO = {torch.float32: 64, torch.bfloat16: 16, torch.float16: 16}
 def default_bias_budget() -> int:
     """Bytes all layers together may hold as cached dense biases: 1/64 of the machine's memory, 64 MiB to
     512 MiB (368 MiB on a 23 GiB machine). A total, not per layer: SST-light's five 64x64-window layers
-    alone would take 1 GB in fp32."""
-    try:
-        import os
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GiB
-        total = 8 * 2**30
+    alone would take 1 GB in fp32. The machine's memory is `runtime.total_memory_bytes` (8 GiB where the OS
+    will not say)."""
+    total = total_memory_bytes(torch.device("cpu"))
     return int(min(max(total // 64, 64 * 2**20), 512 * 2**20))
 
 

@@ -6,6 +6,7 @@ network runs under. Every command (upscale, eval, bench, train, export) asks her
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -25,6 +26,27 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ValueError(f"device {device!r} asked for, but CUDA is not available")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {device!r} asked for, but MPS is not available")
+    return dev
+
+
+#: the device types training runs on
+TRAINING_DEVICE_TYPES = ("cuda", "cpu")
+
+
+def pick_training_device(device: torch.device | str = "auto") -> torch.device:
+    """`pick_device` for training: `auto` is CUDA when available, else the CPU, never MPS; an explicit
+    device must be CUDA or the CPU (and available).
+
+    Training is kept to the devices it is tested on: the CPU (every training test, DDP over gloo) and CUDA
+    (NCCL DDP, bf16 autocast). Nothing has checked the training step, its bf16 autocast or the checkpoint
+    round trip on MPS, so `auto` does not wander onto it. Which CUDA GPU a bare `cuda` means under torchrun
+    (LOCAL_RANK) is the caller's (`training.ddp.training_device`).
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = pick_device(str(device))
+    if dev.type not in TRAINING_DEVICE_TYPES:
+        raise ValueError(f"training runs on {' or '.join(TRAINING_DEVICE_TYPES)}, not {dev.type!r}")
     return dev
 
 
@@ -69,6 +91,28 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+#: the precisions training accepts (fp16 would need loss scaling)
+TRAINING_PRECISIONS = ("auto", "fp32")
+
+
+def pick_training_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The inference policy (`pick_dtype`) applied to training: `auto` is bf16 where `pick_dtype("auto")`
+    says bf16 (CUDA from sm80, CPUs with native bf16: 1.5-2x faster steps there) and fp32 everywhere else,
+    including CUDA before sm80, where inference would take fp16. fp16 and bf16 are not offered explicitly."""
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"training precision {precision!r}: use {' or '.join(TRAINING_PRECISIONS)}")
+    if precision == "auto" and pick_dtype("auto", device) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def kernel_probe_dtype(device: torch.device) -> torch.dtype:
+    """The dtype `ribsr info` probes the attention kernels in: what `--precision auto` runs on CUDA (bf16
+    from sm80, fp16 before: not `torch.cuda.is_bf16_supported()`, which says yes before sm80 too), fp32
+    elsewhere (the CPU's fp32 kernels, the ones every CPU has)."""
+    return pick_dtype("auto", device) if device.type == "cuda" else torch.float32
+
+
 def precision_name(dtype: torch.dtype) -> str:
     return next(name for name, d in DTYPES.items() if d == dtype)
 
@@ -108,6 +152,21 @@ def dtype_from_name(name: str) -> torch.dtype:
 UNKNOWN_FREE_MEMORY = 4 * 2**30
 
 
+#: what physical memory is taken to be when the OS will not say (not a POSIX system)
+UNKNOWN_TOTAL_MEMORY = 8 * 2**30
+
+
+def total_memory_bytes(device: torch.device) -> int:
+    """Bytes of memory `device` has in all: a CUDA device's own memory, else the machine's physical RAM
+    (the CPU's, which MPS shares)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf, or no such name on this OS
+        return UNKNOWN_TOTAL_MEMORY
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Bytes free for activations: CUDA's free memory on its device, else the kernel's MemAvailable."""
     if device.type == "cuda":
@@ -125,6 +184,16 @@ def run_context(device: torch.device, dtype: torch.dtype) -> contextlib.Abstract
     if dtype == torch.float32:
         return TF32Off() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def training_context(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    """What a training step runs under: bf16 autocast when `dtype` (from `pick_training_dtype`) is bf16,
+    else a disabled autocast.
+
+    Not `run_context`: an fp32 training step keeps PyTorch's TF32 defaults on CUDA (cuDNN convolutions in
+    TF32) instead of `TF32Off`'s exact fp32, since training wants the speed and the step is no exactness
+    check; and it is always one `torch.autocast`, enabled or not, reused for every step."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
 def attention_core_dtype(device: torch.device, dtype: torch.dtype, needs_grad: bool) -> torch.dtype:

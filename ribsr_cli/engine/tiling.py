@@ -3,15 +3,16 @@
 Tiles start on multiples of the network's window grid, so inside a tile the
 windows are the very windows of a whole-image pass; they overlap and are
 blended with a linear ramp, so no seam shows. Blending happens in a float
-accumulator one tile-row high; finished rows are rounded straight into the
-preallocated uint8/uint16 output, so no float copy of the whole output exists.
+accumulator one tile-row high, allocated once per image and reused; finished
+rows are rounded, a slab at a time, straight into the preallocated uint8/uint16
+output, so no float copy of the whole output (or of a whole tile row) exists.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -95,6 +96,10 @@ class OutOfMemory(RibsrError, RuntimeError):
     pass
 
 
+#: output rows divided and rounded per step when a tile row is final (bounds that float temporary)
+FINALIZE_ROWS = 256
+
+
 def _forward_batch(model, tiles: list[np.ndarray], device, tta: bool, autocast) -> list[np.ndarray]:
     batch = torch.stack([torch.from_numpy(to_float(t)).permute(2, 0, 1) for t in tiles]).to(device)
     try:
@@ -142,17 +147,16 @@ def upscale_image(
     out = np.empty((h * scale, w * scale, c), dtype=out_dtype)
     total = sum(len(r) for r in rows)
     done = 0
+    bits = 16 if out_dtype == np.uint16 else 8
+    # The float accumulator holds one tile row (the output rows [acc_top, acc_top + height)), allocated once
+    # and reused: growing it per row (and dividing a whole row at once) faulted in gigabytes per row of a
+    # big photo. Row i starts where row i-1's final rows end, so one tile row's height always suffices.
+    height = max(r[0].y1 - r[0].y0 for r in rows) * scale
+    acc = np.zeros((height, w * scale, c), np.float32)
+    wsum = np.zeros((height, w * scale), np.float32)
     acc_top = 0  # first output row held in the accumulator
-    acc = np.zeros((0, w * scale, c), np.float32)
-    wsum = np.zeros((0, w * scale, 1), np.float32)
     for i, row in enumerate(rows):
         y0, y1 = row[0].y0 * scale, row[0].y1 * scale
-        # grow the accumulator to cover this tile row
-        need = y1 - acc_top
-        if need > acc.shape[0]:
-            grow = need - acc.shape[0]
-            acc = np.concatenate([acc, np.zeros((grow, w * scale, c), np.float32)])
-            wsum = np.concatenate([wsum, np.zeros((grow, w * scale, 1), np.float32)])
         lead_y = (rows[i - 1][0].y1 - row[0].y0) * scale if i > 0 else 0
         trail_y = (row[0].y1 - rows[i + 1][0].y0) * scale if i + 1 < len(rows) else 0
         wy = ramp(y1 - y0, max(lead_y, 0), max(trail_y, 0))
@@ -169,20 +173,25 @@ def upscale_image(
                 lead_x = (row[j - 1].x1 - t.x0) * scale if j > 0 else 0
                 trail_x = (t.x1 - row[j + 1].x0) * scale if j + 1 < len(row) else 0
                 wx = ramp((t.x1 - t.x0) * scale, max(lead_x, 0), max(trail_x, 0))
-                weight = (wy[:, None] * wx[None, :])[..., None]
+                weight = wy[:, None] * wx[None, :]
                 ys = slice(y0 - acc_top, y1 - acc_top)
                 xs = slice(t.x0 * scale, t.x1 * scale)
-                acc[ys, xs] += res * weight
+                acc[ys, xs] += res * weight[..., None]
                 wsum[ys, xs] += weight
                 done += 1
                 if on_tile:
                     on_tile(done, total)
-        # rows above the next tile row are final: write them out and drop them
+        # rows above the next tile row are final: round them into the output a slab at a time (a bounded
+        # float temporary), then move the rows the next tile row still blends into to the top
         final_end = rows[i + 1][0].y0 * scale if i + 1 < len(rows) else h * scale
         n_final = final_end - acc_top
+        for a in range(0, max(n_final, 0), FINALIZE_ROWS):
+            z = min(n_final, a + FINALIZE_ROWS)
+            block = acc[a:z] / np.maximum(wsum[a:z, :, None], 1e-8)
+            from_float(block, bits, out=out[acc_top + a:acc_top + z])
         if n_final > 0:
-            block = acc[:n_final] / np.maximum(wsum[:n_final], 1e-8)
-            from_float(block, 16 if out_dtype == np.uint16 else 8, out=out[acc_top:final_end])
-            acc, wsum = acc[n_final:], wsum[n_final:]
+            kept = y1 - final_end
+            acc[:kept], wsum[:kept] = acc[n_final:n_final + kept], wsum[n_final:n_final + kept]
+            acc[kept:], wsum[kept:] = 0, 0
             acc_top = final_end
     return out

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from ribsr_cli.errors import RibsrError
+from ribsr_cli.imaging import DEFAULT_MAX_PIXELS
 from ribsr_cli.imaging import metadata as meta
 
 READ_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM")  # PPM: Pillow's name for PPM and PGM
 _FORMAT_NAMES = {"MPO": "JPEG"}  # phone JPEGs with a depth/preview picture
-_DEFAULT_MAX_PIXELS = 250_000_000
 
 
 class ImageReadError(RibsrError, ValueError):
@@ -69,7 +69,7 @@ class LoadedImage:
         return self.pixels.shape[2] == 1
 
 
-def read_image(path: str | Path, max_pixels: int = _DEFAULT_MAX_PIXELS) -> LoadedImage:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode the first frame of an image file; any bad input raises ImageReadError."""
     path = Path(path)
     _check_file(path)

@@ -24,7 +24,8 @@ from ribsr_cli.fileutil import atomic_file
 from ribsr_cli.imaging import metadata as meta
 
 WRITE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
-_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+# Other spellings of the formats (any case), the one list: the writer, `keep` and `upscale --format` use it.
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
 _MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
 _EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP")
 _NO_ALPHA = ("JPEG", "BMP")
@@ -81,9 +82,15 @@ def _describe(exc: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def canonical_format(fmt: str) -> str:
+    """Any spelling to its canonical upper-case name ('jpg' -> 'JPEG'), whether or not it can be written."""
+    name = str(fmt).strip().upper()
+    return FORMAT_ALIASES.get(name, name)
+
+
 def normalise_format(fmt: str) -> str:
     """'png', 'jpg', 'tif' ... to the canonical names in WRITE_FORMATS."""
-    name = _ALIASES.get(str(fmt).upper(), str(fmt).upper())
+    name = canonical_format(fmt)
     if name not in WRITE_FORMATS:
         raise ValueError(f"cannot write format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
     return name

@@ -11,17 +11,19 @@ import os
 import torch
 import torch.nn as nn
 
+from ribsr_cli.engine.runtime import pick_training_device
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def training_device(device: torch.device | str | None = None) -> torch.device:
-    """`device`, else cuda when available, else the CPU; a bare "cuda" means this rank's GPU (LOCAL_RANK)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, else cuda when available, else the CPU (`runtime.pick_training_device`: never MPS); a bare
+    "cuda" means this rank's GPU (LOCAL_RANK, 0 without torchrun)."""
+    device = pick_training_device("auto" if device is None else device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 

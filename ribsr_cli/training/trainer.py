@@ -35,16 +35,12 @@ from ribsr_cli.fileutil import atomic_write_text
 
 
 def training_autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
-    """Mixed precision for training steps, the inference policy's (`runtime.pick_dtype`) applied to
-    training: bf16 autocast on CUDA from sm80 and on CPUs with native bf16 (1.5-2x faster steps there), fp32 on
-    other CPUs, where emulated bf16 is slower. fp16 is not offered: it would need loss scaling."""
-    from ribsr_cli.engine.runtime import pick_dtype
+    """The context every training step runs under, as the runtime policy decides it
+    (`runtime.pick_training_dtype`, `runtime.training_context`): bf16 autocast on CUDA from sm80 and on CPUs
+    with native bf16, fp32 elsewhere. `precision` is auto or fp32."""
+    from ribsr_cli.engine.runtime import pick_training_dtype, training_context
 
-    if precision not in ("auto", "fp32"):
-        raise ValueError(f"training precision {precision!r}: use auto or fp32")
-    # the inference policy decides; where it would pick fp16 (CUDA before sm80) training stays fp32
-    bf16 = precision == "auto" and pick_dtype("auto", device) == torch.bfloat16
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    return training_context(device, pick_training_dtype(precision, device))
 
 
 def _build(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer,
