@@ -84,6 +84,27 @@ def test_eval_psnr_of_the_default_model_equals_an_independent_computation(benchm
     assert row["psnr_y"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
 
 
+def test_upscale_output_of_the_default_model_equals_an_independent_forward(tmp_path: Path) -> None:
+    """`ribsr upscale` with the shipped default x2 model, fp32 and the whole image, writes exactly the
+    network's own output rounded to 8 bits: the runner adds nothing and loses nothing on the way."""
+    entry = default_model(2)
+    if entry is None:
+        pytest.skip("no shipped default x2 model")
+    lr = photo(120, 88)
+    Image.fromarray(lr).save(tmp_path / "cup.png")
+    result = CliRunner().invoke(app, ["upscale", str(tmp_path / "cup.png"), "-o", str(tmp_path / "out"), "-q",
+                                      "--precision", "fp32", "--tile", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(tmp_path / "out" / "cup_x2.png"))
+
+    net = load_model(entry.path)  # the weights file itself: no registry, no runner, no tiler
+    with torch.no_grad():
+        sr = net(torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255)[0]
+    expected = np.rint(sr.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert written.shape == expected.shape == (176, 240, 3)
+    assert np.array_equal(written, expected)
+
+
 # ---- the Upscaler --------------------------------------------------------------------------------------
 
 
