@@ -32,11 +32,14 @@ from ribsr_cli.pixels import grey_like, to_rgb
 MIN_TILE = 32
 #: the largest tile `tile="auto"` picks, and the share of free memory (at most 8 GiB) it plans for
 MAX_AUTO_TILE = 1024
-#: on a CPU, smaller: a 512 px tile's feature maps stay under glibc's 32 MiB mmap ceiling (see
-#: engine/allocator.py), so each layer reuses freed heap. At 976 px every map was mmapped, zero-filled and
-#: unmapped per layer: a 1500x1000 photo at x4 took 36.9 s wall with 14.1 s system time and 5.3 M page
-#: faults, against 25.4 s, 1.6 s and 0.25 M at 512 px, with 0.3 GB less peak RSS (issue 14)
-MAX_AUTO_TILE_CPU = 512
+#: on a CPU the largest tile is the one whose widest feature map (dim x exp_ratio channels, in the dtype that
+#: runs) stays under glibc's mmap ceiling (engine/allocator.py), so each layer reuses freed heap instead of
+#: mapping, zero-filling and unmapping its buffers: ribsr-s (64 channels) gets 512 px in bf16, 352 in fp32.
+#: Measured on one thread (issue 14): a 1500x1000 photo at x4 in bf16 took 36.9 s wall, 14.1 s system time
+#: and 5.3 M page faults at 976 px against 25.4 s, 1.6 s and 0.25 M at 512; at x2 in fp32, 56.3 s, 19.7 s and
+#: 8.0 M at 512 against 30.6 s, 0.75 s and 0.18 M at 352. Never below MIN_AUTO_TILE_CPU, where the overlap
+#: would cost more than the faults.
+MIN_AUTO_TILE_CPU = 256
 AUTO_TILE_MEMORY_SHARE = 4
 AUTO_TILE_MEMORY_CAP = 8 * 2**30
 #: what `Upscaler.choose_tile` assumes of a network that has no SST architecture (a foreign model):
@@ -190,7 +193,7 @@ class Upscaler:
 
     def choose_tile(self, h: int, w: int) -> int:
         """The tile for an h x w image: the asked size, or for "auto" the largest window-aligned tile whose
-        activations fit a quarter of free memory, at most MAX_AUTO_TILE (MAX_AUTO_TILE_CPU on a CPU); 0, the
+        activations fit a quarter of free memory, at most MAX_AUTO_TILE (on a CPU, `_cpu_tile_cap`); 0, the
         whole image, when its area fits those limits."""
         if self.options.tile != "auto":
             return int(self.options.tile)
@@ -199,11 +202,19 @@ class Upscaler:
         bytes_per_px = 4 * dim * (16 + 4 * exp_ratio) * (1 if self.device.type == "cuda" else 2)
         budget = min(free_memory_bytes(self.device) // AUTO_TILE_MEMORY_SHARE, AUTO_TILE_MEMORY_CAP)
         side = int((budget / bytes_per_px) ** 0.5)
-        cap = MAX_AUTO_TILE_CPU if self.device.type == "cpu" else MAX_AUTO_TILE
+        align = max(self.loaded.window_sizes or (16,))
+        cap = self._cpu_tile_cap(dim * exp_ratio, align) if self.device.type == "cpu" else MAX_AUTO_TILE
         if h * w <= min(side, cap) ** 2:
             return 0
-        align = max(self.loaded.window_sizes or (16,))
         return int(max(align * 2, min(cap, side // align * align)))
+
+    def _cpu_tile_cap(self, widest_channels: float, align: int) -> int:
+        """The largest window-aligned CPU tile whose widest feature map fits under the mmap ceiling."""
+        from ribsr_cli.engine.allocator import MMAP_THRESHOLD
+
+        item = torch.empty((), dtype=self.dtype).element_size()
+        side = int((MMAP_THRESHOLD / (widest_channels * item)) ** 0.5)
+        return max(MIN_AUTO_TILE_CPU, side // align * align)
 
     def run(self, image: np.ndarray, out_dtype: Any = None,
             on_tile: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
