@@ -181,6 +181,22 @@ def test_auto_tile_is_whole_when_it_fits_else_window_aligned(model_path: Path, m
     assert upscaler_for(model_path, tile=64).choose_tile(2000, 2000) == 64  # asked for: taken as it is
 
 
+@pytest.mark.parametrize("precision, item", [("fp32", 4), ("bf16", 2)])
+def test_cpu_auto_tile_keeps_the_widest_feature_map_under_the_mmap_ceiling(model_path: Path, precision: str,
+                                                                              item: int, monkeypatch) -> None:
+    """With memory to spare, the CPU tile is the largest window-aligned side whose widest map (dim x
+    exp_ratio channels, in the dtype that runs) is served from reused heap rather than a fresh mmap."""
+    from ribsr_cli.engine.allocator import MMAP_THRESHOLD
+
+    monkeypatch.setattr(runner, "free_memory_bytes", lambda device: 64 * 2**30)  # memory is not the limit
+    upscaler = upscaler_for(model_path, precision=precision)  # ribsr-s: dim 32, exp_ratio 2, windows 8 and 16
+    tile = upscaler.choose_tile(3000, 4000)
+    widest = 32 * 2 * item
+    assert tile % 16 == 0 and tile * tile * widest <= MMAP_THRESHOLD < (tile + 16) ** 2 * widest
+    assert upscaler.choose_tile(tile - 16, tile) == 0  # an image under the cap runs whole
+    assert upscaler.choose_tile(tile + 16, tile + 16) == tile
+
+
 def test_run_options_for_scoring_and_their_checks() -> None:
     assert RunOptions().for_scoring() == RunOptions(precision="fp32", tile=0)
     asked = RunOptions(precision="bf16", tile=64)
