@@ -148,50 +148,47 @@ def upscale_image(
     total = sum(len(r) for r in rows)
     done = 0
     bits = 16 if out_dtype == np.uint16 else 8
-    # The float accumulator holds one tile row (the output rows [acc_top, acc_top + height)), allocated once
-    # and reused: growing it per row (and dividing a whole row at once) faulted in gigabytes per row of a
-    # big photo. Row i starts where row i-1's final rows end, so one tile row's height always suffices.
+    # The float accumulator holds one tile row (its row 0 is output row y0 of the tile row being blended),
+    # allocated once and reused: growing it per row (and dividing a whole row at once) faulted in gigabytes
+    # per row of a big photo. Row i starts where row i-1's final rows end, so one tile row's height suffices.
     height = max(r[0].y1 - r[0].y0 for r in rows) * scale
     acc = np.zeros((height, w * scale, c), np.float32)
     wsum = np.zeros((height, w * scale), np.float32)
-    acc_top = 0  # first output row held in the accumulator
     for i, row in enumerate(rows):
         y0, y1 = row[0].y0 * scale, row[0].y1 * scale
         lead_y = (rows[i - 1][0].y1 - row[0].y0) * scale if i > 0 else 0
         trail_y = (row[0].y1 - rows[i + 1][0].y0) * scale if i + 1 < len(rows) else 0
         wy = ramp(y1 - y0, max(lead_y, 0), max(trail_y, 0))
         for b in range(0, len(row), batch_tiles):
-            group = row[b:b + batch_tiles]
-            shapes = {(t.y1 - t.y0, t.x1 - t.x0) for t in group}
-            outs: list[np.ndarray] = []
+            group = range(b, min(b + batch_tiles, len(row)))
+            shapes = {(row[j].y1 - row[j].y0, row[j].x1 - row[j].x0) for j in group}
+            outs: list[tuple[int, np.ndarray]] = []
             for shape in shapes:  # equal shapes share a batch; edge tiles go alone
-                same = [t for t in group if (t.y1 - t.y0, t.x1 - t.x0) == shape]
-                results = _forward_batch(model, [image[t.y0:t.y1, t.x0:t.x1, :c] for t in same], device, tta, autocast)
-                outs += list(zip(same, results))  # type: ignore[arg-type]
-            for t, res in sorted(outs, key=lambda pair: pair[0].x0):  # type: ignore[index]
-                j = row.index(t)
+                same = [j for j in group if (row[j].y1 - row[j].y0, row[j].x1 - row[j].x0) == shape]
+                tiles = [image[row[j].y0:row[j].y1, row[j].x0:row[j].x1, :c] for j in same]
+                outs += list(zip(same, _forward_batch(model, tiles, device, tta, autocast)))
+            for j, res in sorted(outs, key=lambda pair: pair[0]):  # left to right, as the row runs
+                t = row[j]
                 lead_x = (row[j - 1].x1 - t.x0) * scale if j > 0 else 0
                 trail_x = (t.x1 - row[j + 1].x0) * scale if j + 1 < len(row) else 0
                 wx = ramp((t.x1 - t.x0) * scale, max(lead_x, 0), max(trail_x, 0))
                 weight = wy[:, None] * wx[None, :]
-                ys = slice(y0 - acc_top, y1 - acc_top)
                 xs = slice(t.x0 * scale, t.x1 * scale)
-                acc[ys, xs] += res * weight[..., None]
-                wsum[ys, xs] += weight
+                res *= weight[..., None]  # the batch's own output: weighted in place, no tile-sized temporary
+                acc[:y1 - y0, xs] += res
+                wsum[:y1 - y0, xs] += weight
                 done += 1
                 if on_tile:
                     on_tile(done, total)
         # rows above the next tile row are final: round them into the output a slab at a time (a bounded
         # float temporary), then move the rows the next tile row still blends into to the top
         final_end = rows[i + 1][0].y0 * scale if i + 1 < len(rows) else h * scale
-        n_final = final_end - acc_top
-        for a in range(0, max(n_final, 0), FINALIZE_ROWS):
+        n_final = final_end - y0  # > 0: tile rows start strictly below each other
+        for a in range(0, n_final, FINALIZE_ROWS):
             z = min(n_final, a + FINALIZE_ROWS)
             block = acc[a:z] / np.maximum(wsum[a:z, :, None], 1e-8)
-            from_float(block, bits, out=out[acc_top + a:acc_top + z])
-        if n_final > 0:
-            kept = y1 - final_end
-            acc[:kept], wsum[:kept] = acc[n_final:n_final + kept], wsum[n_final:n_final + kept]
-            acc[kept:], wsum[kept:] = 0, 0
-            acc_top = final_end
+            from_float(block, bits, out=out[y0 + a:y0 + z])
+        kept = y1 - final_end
+        acc[:kept], wsum[:kept] = acc[n_final:n_final + kept], wsum[n_final:n_final + kept]
+        acc[kept:], wsum[kept:] = 0, 0
     return out
