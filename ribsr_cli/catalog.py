@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ribsr_cli.errors import CheckpointError, ModelStoreError
-from ribsr_cli.fileutil import sha256_file  # re-exported: model code asks the catalog
+from ribsr_cli.fileutil import sha256_file
 from ribsr_cli.paths import REPO_ROOT
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")

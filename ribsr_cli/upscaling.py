@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ribsr_cli import errors
+from ribsr_cli.errors import UsageError  # planning's usage errors (re-exported for ray_upscale)
 from ribsr_cli.imaging.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 GLOB_CHARS = set("*?[")
 SUPPORTED_TYPES = ", ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))  # for "not a supported image type"
 FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # `--overwrite true` makes "true" an input
-
-
-class UsageError(errors.UsageError):
-    """A problem with the command line as a whole (exit code 2)."""
 
 
 @dataclass

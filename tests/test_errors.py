@@ -8,6 +8,7 @@ the package defines, so a new one that skips the model fails here, and push each
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -28,7 +29,6 @@ EXIT_CODES = {
     "ribsr_cli.errors.UsageError": EXIT_USAGE,
     "ribsr_cli.errors.CheckpointError": EXIT_FAILURE,
     "ribsr_cli.errors.ModelStoreError": EXIT_USAGE,
-    "ribsr_cli.upscaling.UsageError": EXIT_USAGE,
     "ribsr_cli.evaluation.EvalError": EXIT_USAGE,
     "ribsr_cli.bench.report.PlotUnavailable": EXIT_USAGE,
     "ribsr_cli.bench.core.RibMismatch": EXIT_FAILURE,
@@ -51,6 +51,7 @@ def _modules() -> list:
     return [importlib.import_module(name) for name in names]
 
 
+@functools.cache
 def _exception_classes() -> dict[str, type[BaseException]]:
     found = {}
     for module in _modules():
@@ -86,7 +87,7 @@ def test_existing_catches_still_hold() -> None:
     for name in ("engine.kernels.KernelUnavailable", "engine.tiling.OutOfMemory", "bench.core.RibMismatch",
                  "bench.report.PlotUnavailable", "engine.spandrel_import.TorchvisionUnavailable"):
         assert issubclass(classes[f"ribsr_cli.{name}"], RuntimeError), name
-    for name in ("evaluation.EvalError", "upscaling.UsageError", "errors.CheckpointError"):
+    for name in ("evaluation.EvalError", "errors.UsageError", "errors.CheckpointError"):
         assert issubclass(classes[f"ribsr_cli.{name}"], ValueError), name
 
 

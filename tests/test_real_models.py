@@ -41,7 +41,7 @@ def _photo_crop(size: int = 48) -> np.ndarray:
 @pytest.fixture()
 def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A weights folder holding the shipped ribsr-s-x2 and a perturbed copy shipped as ribsr-s-real-x2."""
-    from ribsr_cli.catalog import sha256_file
+    from ribsr_cli.fileutil import sha256_file
 
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from typer.testing import CliRunner
 
-from ribsr_cli.catalog import sha256_file
+from ribsr_cli.fileutil import sha256_file
 from ribsr_cli.cli import app
 from ribsr_cli.training.fetch import Apt, EetTool, FetchError, fetch
 from ribsr_cli.training.leakcheck import LeakChecker

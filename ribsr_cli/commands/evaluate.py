@@ -71,18 +71,6 @@ def _model_upscaler(model: Optional[str], scale: int, options, denoise: Optional
         raise UsageError(f"cannot load {what} for x{scale}: {exc}{hint}")
 
 
-def _check_run_options(options, device: str) -> str:
-    """The device the model will run on, as reports name it; an unavailable device or kernel is a usage
-    error before any image is scored."""
-    if options is None:  # no engine: reported, with its hint, when the model is loaded
-        return device
-    try:
-        resolved, _ = options.resolve()
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        raise UsageError(str(exc).splitlines()[0])
-    return str(resolved)
-
-
 LR_SOURCES = {
     "none": "official LR_bicubic/X{s}/{name}x{s}.png where present, else ribsr bicubic_degrade",
     "bicubic": "ribsr bicubic_degrade of the HR (--degrade bicubic / --ignore-lr)",
@@ -289,14 +277,14 @@ def command(
     use_model = not no_model
     tile_value = parse_tile(tile)
     run_options = _run_options(device, precision, attention, tile_value, tta) if use_model else None
-    device_used = _check_run_options(run_options, device) if use_model else None
-    try:
-        found = [discover_dataset(d) for d in datasets]
-        if degrade == "none":
-            for ds in found:
-                check_pairs(ds, scales)
-    except EvalError as exc:
-        raise UsageError(str(exc))
+    device_used = None
+    if use_model:  # the device reports name; a bad device or kernel is a usage error before any image is scored
+        # (no engine: run_options is None, and the model's load reports that with its hint)
+        device_used = str(run_options.resolve()[0]) if run_options is not None else device
+    found = [discover_dataset(d) for d in datasets]  # an EvalError is a UsageError: one line, exit 2
+    if degrade == "none":
+        for ds in found:
+            check_pairs(ds, scales)
     if len({ds.name for ds in found}) != len(found):
         raise UsageError("two datasets share a folder name; results would be ambiguous")
 
@@ -326,8 +314,8 @@ def command(
             try:
                 report = evaluate(found, [s], methods, crop_border=crop_border, test_y=not rgb,
                                   degrade=degrade, save_dir=save_images, on_image=on_image)
-            except EvalError as exc:
-                error: RibsrError | None = UsageError(str(exc))
+            except EvalError as exc:  # a UsageError already
+                error: RibsrError | None = exc
             except Exception as exc:  # a model failing mid-run: one line, not a traceback
                 error = RibsrError(f"evaluation failed at x{s}: {type(exc).__name__}: {exc}")
             else:

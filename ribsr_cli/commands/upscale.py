@@ -91,7 +91,7 @@ def command(
 
     run_options = RunOptions(device=device, precision=precision, attention=attention, tile=tile_value,
                              overlap=tile_overlap, batch_tiles=batch_tiles, tta=tta)
-    dev, dtype = _check_run_options(run_options)
+    dev, dtype = run_options.resolve()  # a bad --device/--precision/--attention: a usage error before planning
     if ray_address:
         from ribsr_cli.distributed.ray_upscale import import_ray
 
@@ -215,17 +215,6 @@ def _write_json(path: Path, run: RunInfo, jobs, err) -> bool:
         err.print(f"[red]error:[/] {path}: cannot write the JSON report ({exc.strerror or exc})", highlight=False)
         return False
     return True
-
-
-def _check_run_options(options):
-    """(device, dtype) to run with; a bad --device/--precision/--attention, or a kernel this machine cannot
-    run, is a usage error before any planning (not one failure per file)."""
-    try:
-        return options.resolve()
-    except UsageError:
-        raise
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a --device string
-        raise UsageError(str(exc)) from None
 
 
 def _load_upscaler(err, model_ref, options):

@@ -20,7 +20,7 @@ def build_model(arch: SSTConfig | dict[str, Any] | str) -> nn.Module:
     preset name."""
     if isinstance(arch, str):
         arch = get_preset(arch)
-    return SST(arch if isinstance(arch, SSTConfig) else SSTConfig.from_network_g(arch))
+    return SST(arch)  # SST reads a dict as `SSTConfig.from_network_g` does
 
 
 def load_model(*args, **kwargs):  # noqa: D103 - re-exported lazily to keep import light

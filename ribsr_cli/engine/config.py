@@ -13,6 +13,7 @@ class existed load unchanged and files written now load in the authors' code.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -132,4 +133,4 @@ class SSTConfig:
 
     def with_scale(self, scale: int) -> "SSTConfig":
         """The same body with another upsampler factor (a family's x2/x3/x4 members differ only here)."""
-        return SSTConfig.from_network_g({**self.to_network_g(), "upscaling_factor": scale})
+        return dataclasses.replace(self, scale=scale)  # __post_init__ validates the copy

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ribsr_cli.errors import RibsrError
-from ribsr_cli.engine.runtime import DTYPES
+from ribsr_cli.engine.runtime import precision_name
 
 KERNELS = ("auto", "flash", "sdpa", "math")
 
@@ -158,7 +158,7 @@ def _sdpa(q, k, v, bias, scale, strict: bool = False):
         with sdpa_kernel(list(_FUSED)):
             return F.scaled_dot_product_attention(q, k, v, scale=scale), _sdpa_name(choice)
     if strict:  # the benchmark measures the fused kernel or nothing: a fallback row would mislead
-        raise KernelUnavailable(f"no FlashAttention or cuDNN attention kernel for {dtype_label(q.dtype)} "
+        raise KernelUnavailable(f"no FlashAttention or cuDNN attention kernel for {precision_name(q.dtype)} "
                                 f"head dim {q.shape[-1]} on this GPU")
     with sdpa_kernel(list(_FALLBACK)):
         choice = _choice(q, k, v, None, scale)
@@ -167,11 +167,6 @@ def _sdpa(q, k, v, bias, scale, strict: bool = False):
 
 def _sdpa_name(choice: int) -> str:
     return _SDPA_NAMES.get(choice, f"sdpa:{choice}")
-
-
-def dtype_label(dtype: torch.dtype) -> str:
-    """The CLI's precision name for a dtype (runtime.DTYPES), or torch's own name for any other."""
-    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))
 
 
 def _attend_once(q, k, v, bias, scale: float, kernel: str, strict: bool) -> tuple[torch.Tensor, str]:

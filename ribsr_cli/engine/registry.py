@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ribsr_cli.catalog import VARIANTS, ModelEntry, all_models, default_model, find_model, sha256_file
+from ribsr_cli.catalog import VARIANTS, ModelEntry, all_models, default_model, find_model
 from ribsr_cli.catalog import shipped_scales, variant_model, verify, weights_dir
 from ribsr_cli.engine.checkpoint import CheckpointError, is_sst, load_model as load_sst, model_from_state
 from ribsr_cli.engine.checkpoint import read_state_dict
 from ribsr_cli.engine import foreign  # spandrel itself is imported only when a model needs it
 from ribsr_cli.engine.runner import LoadedModel
+from ribsr_cli.fileutil import sha256_file
 
 
 @dataclass(frozen=True)

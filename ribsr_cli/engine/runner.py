@@ -110,14 +110,19 @@ class RunOptions:
                        tile=0 if self.tile == "auto" else self.tile)
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
-        """(device, dtype) these options run with; ValueError (or torch's RuntimeError for a malformed device
-        string) when they cannot run here. Needs no model, so a typo is reported even when no file needs one
-        (a finished batch re-run, a dry run)."""
+        """(device, dtype) these options run with; a one-line UsageError (a ValueError) naming what cannot
+        run here. Needs no model, so a typo is reported even when no file needs one (a finished batch re-run,
+        a dry run)."""
         if isinstance(self.tile, int) and 0 < self.tile < MIN_TILE:
             raise UsageError(f"--tile {self.tile}", f"a tile is 0 (whole image), auto, or at least {MIN_TILE} LR pixels")
-        device = pick_device(self.device)
-        dtype = pick_dtype(self.precision, device)
-        check_attention(self.attention, device, dtype)
+        try:
+            device = pick_device(self.device)
+            dtype = pick_dtype(self.precision, device)
+            check_attention(self.attention, device, dtype)
+        except UsageError:
+            raise
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: torch rejects a malformed --device string
+            raise UsageError(str(exc).splitlines()[0]) from None
         return device, dtype
 
 
@@ -160,8 +165,7 @@ class Upscaler:
         self.device, dtype = options.resolve()
         self.dtype = self._prepare(dtype)
         self.context = run_context(self.device, self.dtype)
-        ran = getattr(self.network, "run_precision", None)  # a foreign model records its own
-        self.report = RunReport(precision=ran or precision_name(self.dtype), notes=loaded.notes)
+        self.report = RunReport(precision=precision_name(self.dtype), notes=loaded.notes)
 
     @property
     def network(self) -> nn.Module:

@@ -114,7 +114,8 @@ def kernel_probe_dtype(device: torch.device) -> torch.dtype:
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)
+    """The CLI's precision name for a dtype (`DTYPES`), or torch's own name for any other."""
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))
 
 
 class TF32Off:

@@ -51,12 +51,11 @@ class TrainConfig:
 
 
 def architecture(cfg: TrainConfig) -> SSTConfig:
-    """The run's architecture: a preset family at the run's scale (the one preset resolver), or any
-    architecture `build_model` accepts (a preset name, a JSON/YAML file, a dict) with the run's scale."""
-    from ribsr_cli.engine import build_model
+    """The run's architecture: a preset family at the run's scale, or a full preset name or a `network_g`
+    dict with the run's scale (the one preset resolver; no network is built to read it)."""
     from ribsr_cli.engine.presets import FAMILIES, get_config
 
     if isinstance(cfg.arch, str) and cfg.arch in FAMILIES:
         return get_config(cfg.arch, cfg.scale)
-    base = build_model(cfg.arch).config if isinstance(cfg.arch, str) else SSTConfig.from_network_g(dict(cfg.arch))
+    base = get_config(cfg.arch) if isinstance(cfg.arch, str) else SSTConfig.from_network_g(dict(cfg.arch))
     return base.with_scale(cfg.scale)

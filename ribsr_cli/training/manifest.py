@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from ribsr_cli.catalog import sha256_file
+from ribsr_cli.fileutil import sha256_file
 from ribsr_cli.errors import RibsrError
 from ribsr_cli.paths import shared_dir
 
