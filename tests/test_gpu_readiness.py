@@ -29,7 +29,7 @@ from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.engine.runtime import TF32Off, pick_dtype
 from ribsr_cli.imaging.metrics import psnr
 from ribsr_cli.imaging.resize import bicubic_degrade
-from ribsr_cli.training import checkpointing, trainer
+from ribsr_cli.training import checkpointing, trainer, validation
 from ribsr_cli.training.prepare import prepare
 
 EXAMPLES = REPO / "examples"
@@ -218,7 +218,7 @@ def _val_pairs(scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def test_validate_feeds_the_model_on_its_device_and_scores_on_the_cpu() -> None:
     pairs = _val_pairs(2)
     probe = _DeviceProbe(2)
-    score = trainer.validate(probe, pairs, 2)
+    score = validation.validate(probe, pairs, 2)
     assert probe.seen == ["meta", "meta"]  # the input followed the model
     grey = np.full_like(pairs[0][2], 128)
     assert score == pytest.approx(np.mean([psnr(grey, hr, crop_border=2, test_y=True) for _, _, hr in pairs]),
@@ -233,7 +233,7 @@ def test_validate_equals_the_engine_scored_independently() -> None:
     pairs = _val_pairs(2)
     expected = np.mean([psnr(upscale_image(model.eval(), lr, 2, device="cpu"), hr, crop_border=2, test_y=True)
                         for _, lr, hr in pairs])
-    assert trainer.validate(model, pairs, 2, "cpu") == pytest.approx(expected, abs=1e-6)
+    assert validation.validate(model, pairs, 2, "cpu") == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -137,8 +137,9 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
             os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIGINT: SIG_IGN in a background job
     straight = train(_cfg(tmp_path / "a", pool, 6), resume=False, log=_quiet)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
+    assert {s: signal.getsignal(s) for s in before} == before  # a finished run puts them back too
     monkeypatch.setattr(trainer, "make_batch", batch_then_signal)
     argv = ["train", "--out", str(tmp_path / "b"), "--data", str(pool), "--val", "", "--steps", "6",
             "--warmup", "2", "--patch", "24", "--batch", "2", "--ckpt-minutes", "100", "--val-every", "1000"]
@@ -146,7 +147,7 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.output and "Traceback" not in result.output
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is before  # handlers are put back
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers are put back
     monkeypatch.setattr(trainer, "make_batch", real)
     assert CliRunner().invoke(app, argv).exit_code == 0
     a = torch.load(straight / "last.pt", weights_only=True)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from conftest import BENCHMARKS, REPO
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
+from ribsr_cli.errors import UsageError
 from ribsr_cli.training.config import TrainConfig
 from ribsr_cli.training.prepare import prepare
 from ribsr_cli.training.trainer import train
@@ -113,5 +114,5 @@ def test_a_missing_validation_folder_is_one_line_before_training(tmp_path: Path,
     assert not (tmp_path / "run" / "last.pt").exists()  # refused before the first step
     empty = tmp_path / "empty-set"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no images found"):  # eval's own refusal, a usage error
+    with pytest.raises(UsageError, match="no images found"):  # eval's own refusal, a usage error
         load_validation(empty, 2)

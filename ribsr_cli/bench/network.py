@@ -26,7 +26,7 @@ def run_network(opts: Options, device: torch.device, dtype: torch.dtype, progres
     """RIB vs RPB in the same architecture: inference latency/memory, and a training step with --train."""
     name, config = resolve_preset(preset or opts.preset)
     scale = config.scale
-    out_w, out_h = opts.size or (1280, 720)
+    out_w, out_h = opts.size  # Options fills the defaults
     in_w, in_h = -(-out_w // scale), -(-out_h // scale)
     # attn_type label -> (positional scheme, RIB strategy). On CPU the engine's default RIB path
     # materialises the bias (faster there), so the paper's concatenated form gets its own row.
@@ -59,7 +59,7 @@ def run_network(opts: Options, device: torch.device, dtype: torch.dtype, progres
     del jobs
     release_memory(device)
     if opts.train:
-        batch, patch = opts.batch or 4, opts.patch or 64
+        batch, patch = opts.batch, opts.patch
         progress(f"network: {name} training step, batch {batch} of {patch}x{patch} (L1, AdamW)")
         xb = torch.rand((batch, 3, patch, patch), generator=gen).to(device)
         yb = torch.rand((batch, 3, patch * scale, patch * scale), generator=gen).to(device)

@@ -30,7 +30,7 @@ from ribsr_cli.training.ddp import (agree_across_ranks, global_mean, join_proces
 from ribsr_cli.training.runlog import RunLog
 from ribsr_cli.training.schedule import RunClock, StepSchedule, ema_update
 from ribsr_cli.training.stopping import StopRequest
-from ribsr_cli.training.validation import Pair, load_validation, validate
+from ribsr_cli.training.validation import Pair, eval_upscaler, load_validation, score_pairs
 from ribsr_cli.fileutil import atomic_write_text
 
 
@@ -129,6 +129,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     pool = HRPool(cfg.data_dir)
     val_pairs: list[Pair] = (load_validation(cfg.val_dir, cfg.scale, cfg.degradation)
                              if rank == 0 and cfg.val_dir else [])
+    val_upscaler = eval_upscaler(ema, device) if val_pairs else None  # once: the EMA changes in place
     if cfg.degradation == "real":  # the ranges change between releases; the run records the ones it used
         from ribsr_cli.training.degrade import DEFAULT_CONFIG
         cfg.extra["degradation_config"] = asdict(DEFAULT_CONFIG)
@@ -167,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             report.step_done(loss_value)
             val = ""
             if val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
-                val = f"{validate(ema, val_pairs, cfg.scale, device):.3f}"
+                val = f"{score_pairs(val_upscaler, val_pairs, cfg.scale):.3f}"
                 report.validated(step, lr_now, val, clock.minutes(), cfg.total_steps)
             report.row(step, lr_now, val, clock.minutes())
             if clock.now() - last_ckpt >= cfg.ckpt_minutes * 60:

@@ -62,6 +62,12 @@ def validate(model: nn.Module, pairs: list[Pair], scale: int, device: torch.devi
     model's attention to eval's `auto` (the trainer passes its EMA, which only validation and export run)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    upscale = eval_upscaler(model, device)
+    return score_pairs(eval_upscaler(model, device), pairs, scale)
+
+
+def score_pairs(upscale: Callable[[np.ndarray, int], np.ndarray], pairs: list[Pair], scale: int) -> float:
+    """Mean PSNR-Y of `upscale` (an `eval_upscaler`) over the pairs. The trainer builds its EMA's upscaler
+    once and scores it here at every validation: cached positional tensors follow the EMA's in-place
+    updates (they are keyed on the parameters' versions)."""
     scores = [psnr(to_uint8(upscale(lr, scale)), hr, crop_border=scale, test_y=True) for _, lr, hr in pairs]
     return float(np.mean(scores))
