@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -68,24 +67,25 @@ def native_mosaic(side: int) -> np.ndarray:
     return canvas
 
 
-def pick_model(requested: str | None, workdir: Path) -> tuple[str | None, str, str]:
+def pick_model(requested: str | None, workdir: Path, scale: int) -> tuple[str | None, str, str]:
     """(-m value or None for the CLI default, display name, note)."""
     from ribsr_cli.catalog import default_model
 
     if requested:
         return requested, Path(requested).stem if Path(requested).exists() else requested, ""
-    entry = default_model(2)
+    entry = default_model(scale)
     if entry is not None:
-        return None, entry.name, "shipped default x2"
+        return None, entry.name, f"shipped default x{scale}"
     import torch
 
     from ribsr_cli.engine import build_model
     from ribsr_cli.engine.checkpoint import save_model
 
     torch.manual_seed(0)
-    path = workdir / "random-ribsr-s-x2.safetensors"
-    save_model(build_model("ribsr-s-x2"), path)
-    return str(path), "random-ribsr-s-x2", "no shipped x2 model: random-init ribsr-s-x2 (speed is representative, quality is not)"
+    name = f"ribsr-s-x{scale}"
+    path = workdir / f"random-{name}.safetensors"
+    save_model(build_model(name), path)
+    return str(path), f"random-{name}", f"no shipped x{scale} model: random-init {name} (speed is representative, quality is not)"
 
 
 def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Path, scale: int = 2,
@@ -117,42 +117,34 @@ def run_cli(photo: Path, model: str | None, tile: str, threads: int, workdir: Pa
 
 
 def psnr_between(a: Path, b: Path) -> float:
-    """PSNR (dB, 8-bit) of one output against another (e.g. the default precision against fp32)."""
-    x = np.asarray(Image.open(a).convert("RGB"), np.float64)
-    y = np.asarray(Image.open(b).convert("RGB"), np.float64)
-    mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    """PSNR (dB, 8-bit RGB) of one output file against another (e.g. the default precision against fp32)."""
+    from ribsr_cli.imaging.metrics import psnr
+
+    return psnr(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")),
+                crop_border=0, test_y=False)
 
 
-def whole_image_fits(model: str | None, width: int, height: int) -> tuple[bool, str]:
-    """The CLI's own rule: `--tile auto` picks 0 (whole image) only when it fits a quarter of free memory."""
-    from ribsr_cli.engine.registry import resolve
-    from ribsr_cli.engine.runner import RunOptions, Upscaler
+def whole_image_fits(upscaler, width: int, height: int) -> tuple[bool, str]:
+    """The CLI's own rule (`Upscaler.choose_tile`): whether `--tile auto` runs this photo whole."""
     from ribsr_cli.engine.runtime import free_memory_bytes
 
-    upscaler = Upscaler(resolve(model, 2), RunOptions(device="cpu"))
     tile = upscaler.choose_tile(height, width)
     return tile == 0, f"--tile auto picks {tile} with {free_memory_bytes(upscaler.device) / 2**30:.0f} GiB available"
 
 
-def tiling_psnr(model: str | None, tiles: list[int], side: int, threads: int) -> dict[int, tuple[float, int]]:
+def tiling_psnr(upscaler, tiles: list[int], side: int) -> dict[int, tuple[float, int]]:
     """PSNR (dB) and max |difference| of each tiled output against the untiled one, 8-bit, default overlap."""
-    import torch
-
-    from ribsr_cli.engine.registry import resolve
-    from ribsr_cli.engine.runner import RunOptions, Upscaler
     from ribsr_cli.engine.tiling import upscale_image
+    from ribsr_cli.imaging.metrics import psnr
 
-    torch.set_num_threads(threads)
-    upscaler = Upscaler(resolve(model, 2), RunOptions(device="cpu"))
-    net, autocast = upscaler.network, upscaler.context
+    net, scale, autocast = upscaler.network, upscaler.loaded.scale, upscaler.context
     image = native_mosaic(side)
-    whole = upscale_image(net, image, 2, tile=0, autocast=autocast).astype(np.float64)
+    whole = upscale_image(net, image, scale, tile=0, autocast=autocast)
     results = {}
     for tile in tiles:
-        tiled = upscale_image(net, image, 2, tile=tile, overlap=32, autocast=autocast).astype(np.float64)
-        mse = float(np.mean((tiled - whole) ** 2))
-        results[tile] = (float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse), int(np.abs(tiled - whole).max()))
+        tiled = upscale_image(net, image, scale, tile=tile, overlap=32, autocast=autocast)
+        results[tile] = (psnr(tiled, whole, crop_border=0, test_y=False),
+                         int(np.abs(tiled.astype(int) - whole.astype(int)).max()))
     return results
 
 
@@ -178,7 +170,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ribsr-bench-") as tmp:
         workdir = Path(tmp)
-        model, model_name, note = pick_model(args.model, workdir)
+        model, model_name, note = pick_model(args.model, workdir, args.scale)
+        import torch
+
+        from ribsr_cli.bench import device_name
+        from ribsr_cli.bench.options import parse_size
+        from ribsr_cli.engine.registry import resolve
+        from ribsr_cli.engine.runner import RunOptions, Upscaler
+
+        torch.set_num_threads(args.threads)  # this process's own runs: the tiling comparison
+        upscaler = Upscaler(resolve(model, args.scale), RunOptions(device="cpu"))  # what the CLI runs, loaded once
         if args.photo:
             photo, origin = args.photo, str(args.photo)
             with Image.open(photo) as im:
@@ -186,24 +187,22 @@ def main() -> None:
         else:
             width, height = (1632, 1224) if args.quick else (4000, 3000)
             if args.size:
-                width, height = (int(v) for v in args.size.lower().split("x"))
+                width, height = parse_size(args.size)
             photo, origin = workdir / "photo.jpg", "mosaic of examples/*, Lanczos, JPEG q92"
             mosaic(width, height).save(photo, quality=92)
         mp = width * height / 1e6
-        import torch
-
         print(f"photo {width}x{height} ({mp:.1f} MP, {origin}), x{args.scale}, model {model_name}"
               f"{f' ({note})' if note else ''}, {args.threads} CPU threads, torch {torch.__version__}, "
-              f"CPU {platform.processor() or platform.machine()}")
+              f"CPU {device_name(torch.device('cpu'))}")
         configs = list(tiles)
-        fits, detail = whole_image_fits(model, width, height)
+        fits, detail = whole_image_fits(upscaler, width, height)
         if args.whole or fits:
             configs.append("0")
         print(f"{'tile':>6s} {'prec':>5s} {'ran':>5s} {'wall s':>8s} {'user s':>7s} {'sys s':>7s} {'faults':>9s} "
               f"{'in MP/s':>8s} {'peak RSS MiB':>13s}")
         rows = []
         for tile in configs:
-            outputs: dict[str, Path] = {}
+            outputs: dict[str, tuple[Path, dict]] = {}
             # precisions interleaved within a tile size, so a machine's drift touches all of them alike
             for precision in precisions:
                 keep = workdir / f"keep-{tile}-{precision}.png" if "fp32" in precisions else None
@@ -212,17 +211,16 @@ def main() -> None:
                 if "error" in r:
                     print(f"{label:>6s} {precision:>5s}  failed: {r['error']}")
                     continue
-                if keep is not None:
-                    outputs[precision] = keep
                 rows.append(dict(r, tile_asked=tile, precision_asked=precision))
+                if keep is not None:
+                    outputs[precision] = (keep, rows[-1])
                 print(f"{label:>6s} {precision:>5s} {r['precision'] or '?':>5s} {r['wall']:8.1f} {r['user']:7.1f} "
                       f"{r['sys']:7.1f} {r['minflt']:9d} {mp / r['file']:8.3f} {r['rss_mib']:13.0f}", flush=True)
-            for precision, path in outputs.items():
-                row = next(x for x in rows if x["tile_asked"] == tile and x["precision_asked"] == precision)
+            for precision, (path, row) in outputs.items():
                 if precision != "fp32" and "fp32" in outputs:
-                    row["psnr_vs_fp32"] = psnr_between(path, outputs["fp32"])
+                    row["psnr_vs_fp32"] = psnr_between(path, outputs["fp32"][0])
                     print(f"{'':>6s} {precision:>5s} output PSNR against fp32's: {row['psnr_vs_fp32']:.2f} dB")
-            for path in outputs.values():
+            for path, _ in outputs.values():
                 path.unlink()
         if "0" not in configs:
             print(f"{'whole':>6s}  skipped: would not fit ({detail}); --whole forces it")
@@ -235,7 +233,7 @@ def main() -> None:
         side = 512 if args.quick else 768
         print(f"\ntiled vs untiled on a {side}x{side} mosaic of native crops (overlap 32):")
         print(f"{'tile':>6s} {'PSNR dB':>8s} {'max|d|':>7s}")
-        for tile, (db, worst) in tiling_psnr(model, [int(t) for t in tiles if t.isdigit() and int(t) > 0], side, args.threads).items():
+        for tile, (db, worst) in tiling_psnr(upscaler, [int(t) for t in tiles if t.isdigit() and int(t) > 0], side).items():
             note = "  (covers the photo whole)" if tile >= side else ""
             print(f"{tile:>6d} {db:8.2f} {worst:7d}{note}", flush=True)
 
