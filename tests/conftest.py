@@ -95,3 +95,14 @@ def upscale(model: Path | None, *args: str | Path):
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory) -> Path:
+    """A tiny HR training pool from the repository's example photos (real content, not benchmark images),
+    prepared once for every training test."""
+    from ribsr_cli.training.prepare import prepare
+
+    out = tmp_path_factory.mktemp("pool")
+    prepare(EXAMPLES, out, downscale=1, benchmark_dirs=[], log=lambda _: None)
+    return out

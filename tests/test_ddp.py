@@ -103,15 +103,6 @@ def _run_two_ranks(tmp: Path, name: str, spec: dict, timeout: float = 90, world:
     return [json.loads((tmp / f"{name}-rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
-    from ribsr_cli.training.prepare import prepare
-
-    out = tmp_path_factory.mktemp("pool")
-    prepare(REPO / "examples", out, downscale=1, benchmark_dirs=[], log=lambda _: None)
-    return out
-
-
 def _config(out: Path, pool: Path, **kw) -> dict:
     return {"out_dir": str(out), "data_dir": str(pool), "val_dir": "", "patch": 12, "batch": 2, "warmup_steps": 2,
             "ckpt_minutes": 100, "arch": "ribsr-s", "scale": 2, **kw}

@@ -30,7 +30,6 @@ from ribsr_cli.engine.runtime import TF32Off, pick_dtype
 from ribsr_cli.imaging.metrics import psnr
 from ribsr_cli.imaging.resize import bicubic_degrade
 from ribsr_cli.training import checkpointing, trainer, validation
-from ribsr_cli.training.prepare import prepare
 
 EXAMPLES = REPO / "examples"
 
@@ -234,13 +233,6 @@ def test_validate_equals_the_engine_scored_independently() -> None:
     expected = np.mean([psnr(upscale_image(model.eval(), lr, 2, device="cpu"), hr, crop_border=2, test_y=True)
                         for _, lr, hr in pairs])
     assert validation.validate(model, pairs, 2, "cpu") == pytest.approx(expected, abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pool")
-    prepare(EXAMPLES, out, downscale=1, benchmark_dirs=[], log=lambda _: None)
-    return out
 
 
 def test_resume_loads_on_the_cpu_and_restores_onto_a_model_elsewhere(tmp_path: Path, pool: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import crop
+from conftest import coffee
 from ribsr_cli.catalog import default_model
 from ribsr_cli.cli import app
 from ribsr_cli.engine import runner
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def photo(w: int = 96, h: int = 80) -> np.ndarray:
-    """A crop of a real photo (cup rim on a table): uint8 HxWx3."""
-    return np.asarray(crop("coffee.png", (200, 150, 200 + w, 150 + h)))
+    """conftest's crop of a real photo (cup rim on a table), as a uint8 HxWx3 array."""
+    return np.asarray(coffee(w, h))
 
 
 def upscaler_for(model_path: Path, **options) -> Upscaler:

@@ -13,19 +13,10 @@ from typer.testing import CliRunner
 from conftest import BENCHMARKS, REPO
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
-from ribsr_cli.training.prepare import prepare
 from ribsr_cli.training.checkpointing import init_body_from
 from ribsr_cli.training.config import TrainConfig
 from ribsr_cli.training.schedule import learning_rate
 from ribsr_cli.training.trainer import train
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
-    """A tiny HR pool from the repository's example photos (real content, not benchmark images)."""
-    out = tmp_path_factory.mktemp("pool")
-    prepare(REPO / "examples", out, downscale=1, benchmark_dirs=[], log=lambda _: None)
-    return out
 
 
 def _cfg(tmp: Path, pool: Path, steps: int, **kw) -> TrainConfig:

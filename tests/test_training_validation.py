@@ -22,21 +22,12 @@ from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import load_model
 from ribsr_cli.errors import UsageError
 from ribsr_cli.training.config import TrainConfig
-from ribsr_cli.training.prepare import prepare
 from ribsr_cli.training.trainer import train
 from ribsr_cli.training.validation import load_validation, validate
 
 SHIPPED_X2 = REPO / "weights" / "ribsr-s-x2.safetensors"
 # log.csv keeps 3 decimals; the same computation can differ from eval's only by that rounding
 LOG_ROUNDING_DB = 0.0005
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
-    """A tiny HR pool from the repository's example photos (real content, not benchmark images)."""
-    out = tmp_path_factory.mktemp("pool")
-    prepare(REPO / "examples", out, downscale=1, benchmark_dirs=[], log=lambda _: None)
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
