@@ -30,6 +30,7 @@ from ribsr_cli.fileutil import atomic_file
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize_np, modcrop
 from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from ribsr_cli.pixels import round_levels
 
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 
@@ -199,8 +200,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     """Quantise an SR result as saved images are (floats taken as 0..255): round half away from zero, clip."""
     if img.dtype == np.uint8:
         return img
-    x = np.asarray(img, dtype=np.float64)
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+    return round_levels(np.asarray(img, dtype=np.float64))
 
 
 @dataclass

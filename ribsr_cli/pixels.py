@@ -20,6 +20,13 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
     raise TypeError(f"expected uint8, uint16 or float pixels, got {pixels.dtype}")
 
 
+def round_levels(levels: np.ndarray) -> np.ndarray:
+    """Values on the 0..255 scale -> the uint8 a saved image holds: half away from zero (up, for these
+    non-negative values, as a saver rounds), clipped. The one rounding of eval's scores and of the
+    degradation recipes."""
+    return np.clip(np.floor(levels + 0.5), 0, 255).astype(np.uint8)
+
+
 def from_float(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -> np.ndarray:
     """uint8/uint16 from floats: NaN to 0, clipped to [0, 1], rounded to nearest.
 

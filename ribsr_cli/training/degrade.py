@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ribsr_cli.pixels import round_levels
+
 DEGRADATIONS = ("bicubic", "real")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -269,7 +271,7 @@ def round_to_levels(levels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Ten
     pipeline, on their own device and dtype) go through the same arithmetic, so both round one way."""
     if isinstance(levels, torch.Tensor):
         return (levels + 0.5).floor().clamp(0, 255).to(torch.uint8)
-    return np.clip(np.floor(levels + 0.5), 0, 255).astype(np.uint8)
+    return round_levels(levels)
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
