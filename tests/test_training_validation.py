@@ -107,3 +107,37 @@ def test_a_missing_validation_folder_is_one_line_before_training(tmp_path: Path,
     empty.mkdir()
     with pytest.raises(UsageError, match="no images found"):  # eval's own refusal, a usage error
         load_validation(empty, 2)
+
+
+def test_the_best_validated_ema_is_kept_and_exported(tmp_path: Path, pool: Path) -> None:
+    """best.safetensors holds the EMA of the best logged validation; eval of it gives that score; a resumed run
+    keeps competing with it; export ships it unless told `last`."""
+    from ribsr_cli.training.checkpointing import BEST_FILE, EMA_FILE, best_score
+    from ribsr_cli.training.export import pick_checkpoint
+
+    if not (BENCHMARKS / "Set5").is_dir():
+        pytest.skip(f"benchmark images not found at {BENCHMARKS}")
+    small = tmp_path / "Set2"  # two Set5 images keep four validations quick
+    (small / "HR").mkdir(parents=True)
+    (small / "LR_bicubic" / "X2").mkdir(parents=True)
+    for stem in ("bird", "butterfly"):
+        shutil.copy(BENCHMARKS / "Set5" / "HR" / f"{stem}.png", small / "HR")
+        shutil.copy(BENCHMARKS / "Set5" / "LR_bicubic" / "X2" / f"{stem}x2.png", small / "LR_bicubic" / "X2")
+    # a large learning rate moves the validation score step by step, up or down; the EMA follows the model
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), data_dir=str(pool), val_dir=str(small), init_from=str(SHIPPED_X2),
+                      total_steps=4, warmup_steps=10, lr=3e-3, batch=2, patch=24, threads=1, ckpt_minutes=100,
+                      val_every=1)
+    run = train(cfg, resume=False, log=lambda _: None, device="cpu", stop_at=2)
+    first = [float(r["val_psnr_y"]) for r in csv.DictReader((run / "log.csv").open())]
+    assert len(first) == 2 and best_score(run) == pytest.approx(max(first), abs=LOG_ROUNDING_DB)
+
+    train(cfg, resume=True, log=lambda _: None, device="cpu")  # steps 3-4 against the stored best
+    logged = [float(r["val_psnr_y"]) for r in csv.DictReader((run / "log.csv").open())]
+    assert len(logged) == 4
+    assert best_score(run) == pytest.approx(max(logged), abs=LOG_ROUNDING_DB)
+    reported = _eval_psnr(small, run / BEST_FILE, tmp_path)
+    assert abs(reported - max(logged)) <= LOG_ROUNDING_DB, (reported, logged)
+
+    assert pick_checkpoint(run) == run / BEST_FILE and pick_checkpoint(run, "last") == run / EMA_FILE
+    (run / BEST_FILE).unlink()
+    assert pick_checkpoint(run) == run / EMA_FILE  # runs from before 0.4.0 have no best file

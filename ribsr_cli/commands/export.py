@@ -26,13 +26,17 @@ SUMMARY_KEYS = ("name", "scale", "params", "sha256", "variant", "metrics", "metr
 
 
 def command(
-    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder holding ema.safetensors."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN",
+                                         help="Run folder holding best.safetensors and/or ema.safetensors."),
     name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Name of the shipped model."),
     readme: bool = typer.Option(False, "--readme", help="Only re-render README's models table from the manifest."),
     remeasure: Optional[List[str]] = typer.Option(
         None, "--remeasure", metavar="NAME",
         help="Add degraded-input scores to this shipped model's entry (repeatable); weights untouched."),
     default: bool = typer.Option(False, "--default", help="Make it the default model for its scale."),
+    checkpoint: str = typer.Option(
+        "auto", "--checkpoint", metavar="auto|best|last",
+        help="Which EMA to ship: best = its best validation score, last = the final one, auto = best if kept."),
     benchmarks: Optional[Path] = typer.Option(None, "--benchmarks", metavar="DIR",
                                               help="Folder holding Set5/ and Set14/ (default <shared>/benchmarks)."),
     photo: Optional[Path] = typer.Option(None, "--photo", metavar="FILE",
@@ -60,6 +64,7 @@ def command(
         return
     if run is None or not name:
         raise UsageError("give a run folder and --name (or --readme, or --remeasure NAME)")
-    entry = export(run, name, default, benchmarks, photo or REPO_ROOT / "examples" / "astronaut.png", hardware)
+    entry = export(run, name, default, benchmarks, photo or REPO_ROOT / "examples" / "astronaut.png", hardware,
+                   checkpoint)
     typer.echo(json.dumps({k: entry[k] for k in SUMMARY_KEYS}, indent=2))
     update_readme(readme_file, manifest())

@@ -31,6 +31,7 @@ from ribsr_cli.engine.checkpoint import load_model, save_model
 from ribsr_cli.catalog import manifest, source_weights_dir, weights_dir
 from ribsr_cli.errors import RibsrError
 from ribsr_cli.fileutil import atomic_write_text, sha256_file
+from ribsr_cli.training.checkpointing import BEST_FILE, EMA_FILE
 
 
 
@@ -100,8 +101,21 @@ def _run_config(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, hardware: str | None = None) -> dict:
-    src = run / "ema.safetensors"
+def pick_checkpoint(run: Path, checkpoint: str = "auto") -> Path:
+    """The run's weights to ship: `best` (the EMA at its best validation), `last` (the final EMA), or `auto`
+    = best when the run kept one (runs since 0.4.0), else last."""
+    best, last = run / BEST_FILE, run / EMA_FILE
+    if checkpoint not in ("auto", "best", "last"):
+        raise ExportError(run, f"unknown checkpoint {checkpoint!r}: choose auto, best or last")
+    src = best if checkpoint == "best" or (checkpoint == "auto" and best.is_file()) else last
+    if not src.is_file():
+        raise ExportError(src, "no such file (train the run first; best.safetensors needs --val-dir)")
+    return src
+
+
+def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, hardware: str | None = None,
+           checkpoint: str = "auto") -> dict:
+    src = pick_checkpoint(run, checkpoint)
     config = _run_config(run)
     variant = "real" if config.get("degradation") == "real" else "clean"
     if variant == "real" and default:
@@ -142,6 +156,10 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
     }
     if init_from:
         entry["training"]["init_from"] = init_from
+    if "val_psnr_y" in prov:  # chosen by validation: say on what, so the Set5 rows can be read with that in mind
+        entry["training"]["selected"] = (f"best validation EMA, step {prov.get('steps')}: "
+                                         f"{prov['val_psnr_y']} dB PSNR-Y on {prov.get('val_set', '?')}"
+                                         f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
     models = [m for m in manifest() if m["name"] != name]
     if default:
         for m in models:

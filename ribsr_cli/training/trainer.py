@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine import build_model, configure_attention
 from ribsr_cli.training.batches import make_batch
-from ribsr_cli.training.checkpointing import (STATE_FILE, init_body_from, load_training_state,
-                                              restore_training_state, save_checkpoint)
+from ribsr_cli.training.checkpointing import (STATE_FILE, best_score, init_body_from, load_training_state,
+                                              restore_training_state, save_best, save_checkpoint)
 from ribsr_cli.training.config import TrainConfig, architecture
 from ribsr_cli.training.ddp import (agree_across_ranks, global_mean, join_process_group, launched_by_torchrun,
                                     leave_process_group, rank_share, training_device, wrap)
@@ -140,6 +140,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     schedule = StepSchedule(cfg, step, clock)
     report = RunLog(out, rank, step, cfg.total_steps, log)
     last_ckpt = clock.now()
+    best = best_score(out) if step > 0 else None  # a resumed run competes with its own best; a fresh one starts over
 
     def checkpoint() -> None:
         if rank == 0:
@@ -168,8 +169,12 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             report.step_done(loss_value)
             val = ""
             if val_pairs and (step % cfg.val_every == 0 or step == cfg.total_steps):
-                val = f"{score_pairs(val_upscaler, val_pairs, cfg.scale):.3f}"
+                score = score_pairs(val_upscaler, val_pairs, cfg.scale)
+                val = f"{score:.3f}"
                 report.validated(step, lr_now, val, clock.minutes(), cfg.total_steps)
+                if best is None or score > best:
+                    best = score
+                    save_best(out, cfg, ema, step=step, seconds=clock.seconds(), val_psnr_y=score)
             report.row(step, lr_now, val, clock.minutes())
             if clock.now() - last_ckpt >= cfg.ckpt_minutes * 60:
                 checkpoint()
