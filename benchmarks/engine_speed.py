@@ -5,11 +5,14 @@
 Two networks, as issue 14 asks: SST-light x4 (random weights, authors' layout) on a 128x128 input, and
 the shipped `ribsr-s-x2` on a 512x512 crop of examples/astronaut.png. Configurations:
 
-- ``fp32 concat, no cache``: concatenated-SDPA in fp32 recomputing the RIB factors every forward, the
-  stand-in for the authors' formulation (1.0-1.1x of their code, issue 14) and the baseline of ``speed-up``;
+- ``fp32 concat, no cache, NCHW``: concatenated-SDPA in fp32 recomputing the RIB factors every forward on
+  NCHW feature maps, the stand-in for the authors' formulation (1.0-1.1x of their code, issue 14) and the
+  baseline of ``speed-up``;
 - fp32 and bf16 (CPU autocast, attention core in bf16, as `ribsr upscale --precision bf16` runs it) with
   ``concat`` (cached factors), ``bias`` (cached dense mask) and ``auto`` (the engine's choice);
-- ``default``: what `ribsr upscale` runs here (`--precision auto`, strategy auto).
+- ``default``: what `ribsr upscale` runs here (`--precision auto`, strategy auto, the runner's memory
+  format: channels-last on a CPU), and the same on NCHW maps (the 0.3.0 layout) to show what the layout buys.
+Every row but the two NCHW ones stores feature maps as the runner does (`runtime.pick_memory_format`).
 
 Timing: every repeat runs each configuration once, round-robin (interleaved), so drift in machine load
 hits them alike; the median of `--repeats` is printed. Peak RSS: the high-water mark of a process is not
@@ -36,15 +39,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("sst-light-128", "ribsr-s-512")
-#: (label, precision, strategy, cache positional tensors)
+#: (label, precision, strategy, cache positional tensors, feature-map layout: "nchw" or the runner's choice)
 CONFIGS = (
-    ("fp32 concat, no cache (authors' form)", "fp32", "concat", False),
-    ("fp32 concat, cached factors", "fp32", "concat", True),
-    ("fp32 bias, cached", "fp32", "bias", True),
-    ("fp32 auto", "fp32", "auto", True),
-    ("bf16 concat", "bf16", "concat", True),
-    ("bf16 bias, cached", "bf16", "bias", True),
-    ("default (precision auto, strategy auto)", "auto", "auto", True),
+    ("fp32 concat, no cache, NCHW (authors' form)", "fp32", "concat", False, "nchw"),
+    ("fp32 concat, cached factors", "fp32", "concat", True, "runner"),
+    ("fp32 bias, cached", "fp32", "bias", True, "runner"),
+    ("fp32 auto", "fp32", "auto", True, "runner"),
+    ("bf16 concat", "bf16", "concat", True, "runner"),
+    ("bf16 bias, cached", "bf16", "bias", True, "runner"),
+    ("default, but NCHW (0.3.0 layout)", "auto", "auto", True, "nchw"),
+    ("default (precision auto, strategy auto)", "auto", "auto", True, "runner"),
 )
 
 
@@ -67,13 +71,16 @@ def load_case(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
-def configure(model: torch.nn.Module, precision: str, strategy: str, cache: bool):
-    """Set the model up as `ribsr upscale` would for this precision/strategy; returns the autocast context."""
+def configure(model: torch.nn.Module, precision: str, strategy: str, cache: bool, layout: str):
+    """Set the model up as `ribsr upscale` would for this precision/strategy; returns the autocast context.
+    `layout` "nchw" then overrides the runner's memory format (`runtime.pick_memory_format`: channels-last)."""
     from ribsr_cli.engine import configure_attention
     from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
 
     upscaler = Upscaler(LoadedModel.of(model), RunOptions(device="cpu", precision=precision, strategy=strategy))
     configure_attention(model, cache=cache)
+    if layout == "nchw":
+        model.use_memory_format(torch.contiguous_format)
     return upscaler.context
 
 
@@ -86,8 +93,8 @@ def rss_child(case: str, index: int, threads: int) -> None:
     """Subprocess body: one configuration, two forwards, print peak RSS in MB."""
     torch.set_num_threads(threads)
     model, x = load_case(case)
-    _, precision, strategy, cache = CONFIGS[index]
-    autocast = configure(model, precision, strategy, cache)
+    _, precision, strategy, cache, layout = CONFIGS[index]
+    autocast = configure(model, precision, strategy, cache, layout)
     forward(model, x, autocast)
     forward(model, x, autocast)
     print(json.dumps({"peak_rss_mb": own_peak_rss_mb()}))
@@ -122,15 +129,15 @@ def run_case(case: str, repeats: int, threads: int, with_rss: bool) -> None:
 
     model, x = load_case(case)
     outputs, ran, times = {}, {}, {c[0]: [] for c in CONFIGS}
-    for label, precision, strategy, cache in CONFIGS:  # warm-up: fills caches, records what ran
-        autocast = configure(model, precision, strategy, cache)
+    for label, precision, strategy, cache, layout in CONFIGS:  # warm-up: fills caches, records what ran
+        autocast = configure(model, precision, strategy, cache, layout)
         outputs[label] = forward(model, x, autocast)
         report = attention_report(model)
         prec = auto_precision(torch.device("cpu")) if precision == "auto" else precision
         ran[label] = f"{prec} {'+'.join(report['kernels'])} [{'+'.join(report['strategies'])}]"
     for _ in range(repeats):
-        for label, precision, strategy, cache in CONFIGS:
-            autocast = configure(model, precision, strategy, cache)
+        for label, precision, strategy, cache, layout in CONFIGS:
+            autocast = configure(model, precision, strategy, cache, layout)
             forward(model, x, autocast)  # refill the caches that configuring cleared (not timed)
             start = time.perf_counter()
             forward(model, x, autocast)
@@ -140,12 +147,12 @@ def run_case(case: str, repeats: int, threads: int, with_rss: bool) -> None:
     base = statistics.median(times[base_label])
     print(f"\n{case}: input {tuple(x.shape[-2:])}, torch {torch.__version__}, {threads} CPU thread(s), "
           f"median of {repeats} interleaved repeats")
-    print(f"{'configuration':41s} {'median s':>9s} {'speed-up':>9s} {'peak RSS MB':>12s} {'max|d|':>9s} "
+    print(f"{'configuration':46s} {'median s':>9s} {'speed-up':>9s} {'peak RSS MB':>12s} {'max|d|':>9s} "
           f"{'PSNR dB':>8s}  ran (precision kernel [strategies])")
     for label, *_ in CONFIGS:
         med = statistics.median(times[label])
         diff = (outputs[label] - outputs[base_label]).abs().max().item()
-        print(f"{label:41s} {med:9.3f} {base / med:8.2f}x {rss[label]:12.0f} {diff:9.1e} "
+        print(f"{label:46s} {med:9.3f} {base / med:8.2f}x {rss[label]:12.0f} {diff:9.1e} "
               f"{psnr(outputs[label], outputs[base_label]):8.1f}  {ran[label]}", flush=True)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ribsr_cli.errors import CheckpointError, ModelStoreError
 from ribsr_cli.fileutil import sha256_file
-from ribsr_cli.paths import REPO_ROOT
+from ribsr_cli.paths import REPO_ROOT, data_home
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CARD_SUFFIX = ".json"
@@ -51,16 +51,6 @@ def weights_dir() -> Path:
     except ModuleNotFoundError:  # a checkout run without installing: no ribsr_cli.weights package
         pass
     return source_weights_dir()
-
-
-def data_home() -> Path:
-    """ribsr's per-user data folder: `$RIBSR_HOME`, else the platform's user data dir (platformdirs)."""
-    env = os.environ.get("RIBSR_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("ribsr", appauthor=False))
 
 
 def store_dir() -> Path:

@@ -16,6 +16,22 @@ FIXTURES = SHARED / "fixtures" / "sst_reference"
 EXAMPLES = REPO / "examples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_ribsr_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own `$RIBSR_HOME`: no test reads the user's stored models or writes the user's cache (the
+    attention-strategy probe's measurements); tests that need an empty store still set their own."""
+    import os
+
+    home = tmp_path_factory.mktemp("ribsr-home")
+    before = os.environ.get("RIBSR_HOME")
+    os.environ["RIBSR_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("RIBSR_HOME", None)
+    else:
+        os.environ["RIBSR_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
     if not BENCHMARKS.is_dir():

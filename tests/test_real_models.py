@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import CheckpointError, load_model, save_model
 from ribsr_cli.engine.tiling import upscale_image
+from ribsr_cli.engine.runtime import pick_memory_format
 from ribsr_cli.evaluation import discover_dataset, evaluate, load_image
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import imresize_np, modcrop
@@ -166,6 +167,8 @@ def test_upscale_and_eval_record_the_mix(pair_dir: Path, tmp_path: Path) -> None
 def _hand_scores(folder: Path, scale: int) -> dict[str, dict[str, tuple[float, float]]]:
     """Per image, per method: degrade by hand, run the network, score with imaging.metrics."""
     net = load_model(WEIGHTS / f"ribsr-s-x{scale}.safetensors")
+    # in the layout eval's runner stores feature maps in (the float summation order, not the scoring, differs)
+    net.use_memory_format(pick_memory_format(torch.device("cpu")))
     scores: dict[str, dict[str, tuple[float, float]]] = {"bicubic": {}, "model": {}}
     for hr_file in discover_dataset(folder).hr_files:
         hr = modcrop(load_image(hr_file), scale)

@@ -79,14 +79,18 @@ def test_eval_psnr_of_the_default_model_equals_an_independent_computation(benchm
         expected[hr_file.stem] = psnr_y(sr, hr, border=2)
     reported = {p["name"]: p["psnr_y"] for p in row["per_image"]}
     assert reported.keys() == expected.keys() and len(expected) == 5
+    # The runner stores feature maps channels-last on a CPU (runtime.pick_memory_format): oneDNN then sums
+    # each convolution in another order, ~1e-7 apart, which moves a handful of pixels across an 8-bit rounding
+    # boundary: 1e-5 dB on Set5's baby. Anything the runner added or lost would be far above 1e-4 dB.
     for name, value in expected.items():
-        assert reported[name] == pytest.approx(value, abs=1e-6), name
-    assert row["psnr_y"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
+        assert reported[name] == pytest.approx(value, abs=1e-4), name
+    assert row["psnr_y"] == pytest.approx(np.mean(list(expected.values())), abs=1e-4)
 
 
 def test_upscale_output_of_the_default_model_equals_an_independent_forward(tmp_path: Path) -> None:
     """`ribsr upscale` with the shipped default x2 model, fp32 and the whole image, writes exactly the
-    network's own output rounded to 8 bits: the runner adds nothing and loses nothing on the way."""
+    network's own output rounded to 8 bits (but for one-level rounding flips from the channels-last layout):
+    the runner adds nothing and loses nothing on the way."""
     entry = default_model(2)
     if entry is None:
         pytest.skip("no shipped default x2 model")
@@ -102,7 +106,9 @@ def test_upscale_output_of_the_default_model_equals_an_independent_forward(tmp_p
         sr = net(torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255)[0]
     expected = np.rint(sr.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     assert written.shape == expected.shape == (176, 240, 3)
-    assert np.array_equal(written, expected)
+    # equal but for pixels a channels-last convolution's summation order puts across a rounding boundary
+    differ = written.astype(int) != expected
+    assert np.abs(written.astype(int) - expected).max() <= 1 and differ.mean() < 1e-3
 
 
 # ---- the Upscaler --------------------------------------------------------------------------------------

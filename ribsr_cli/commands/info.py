@@ -14,7 +14,7 @@ def environment() -> dict:
     import torch
 
     from ribsr_cli import __version__
-    from ribsr_cli.engine.runtime import auto_precision, cpu_native_bf16
+    from ribsr_cli.engine.runtime import auto_precision, cpu_native_bf16, pick_memory_format
     from ribsr_cli.engine.kernels import flash_attn_func
 
     info = {
@@ -31,13 +31,30 @@ def environment() -> dict:
         # AMX-BF16 / AVX512-BF16: `--precision auto` is bf16 autocast on such CPUs, fp32 on others
         "cpu_native_bf16": cpu_native_bf16(),
         "cpu_auto_precision": auto_precision(torch.device("cpu")),
+        "cpu_memory_format": str(pick_memory_format(torch.device("cpu"))).removeprefix("torch."),
         "attention_kernels": {"cpu": kernels_that_run("cpu")},
+        # RIB strategy `auto` on this CPU: layer shapes probed so far (bias vs concat, ms), and where they live
+        "cpu_rib_strategy": cpu_strategy_table(),
     }
     if torch.cuda.is_available():
         info["attention_kernels"]["cuda"] = kernels_that_run("cuda")
         info["cuda_version"] = torch.version.cuda
         info["sdpa_flash_enabled"] = torch.backends.cuda.flash_sdp_enabled()
     return info
+
+
+def cpu_strategy_table() -> dict:
+    """What `--strategy auto` takes on this CPU per layer shape, from the strategy probe's cache: shapes are
+    measured the first time a model uses them (`engine/strategy_probe.py`), so a fresh machine lists none."""
+    from ribsr_cli.engine import strategy_probe
+
+    if not strategy_probe.probing_enabled():
+        return {"probe": f"off ({strategy_probe.DISABLE_ENV}=0): the built-in table decides"}
+    decisions = strategy_probe.cached_decisions()
+    return {"cache": str(strategy_probe.cache_path()),
+            "shapes": {shape: ("bias" if d.get("bias_faster") else "concat")
+                       + (f" ({d['bias_ms']} vs {d['concat_ms']} ms)" if "bias_ms" in d else "")
+                       for shape, d in sorted(decisions.items())}}
 
 
 def kernels_that_run(device: str) -> dict[str, str]:

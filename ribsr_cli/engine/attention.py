@@ -15,32 +15,29 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ribsr_cli.engine import kernels
+from ribsr_cli.engine import kernels, strategy_probe
 from ribsr_cli.engine.rib import rib_bias, rib_factors, rpb_bias
 from ribsr_cli.engine.runtime import attention_core_dtype, total_memory_bytes
 
 POSITIONAL = ("RIB", "RPB", "NoPE")
 STRATEGIES = ("auto", "concat", "bias")
 
-#: Largest window size for which, on CPU, a cached dense bias used as the SDPA mask beats the concat path,
-#: per compute dtype. Measured (benchmarks/engine_speed.py --table, 1 thread, Xeon with AMX-BF16): in fp32
-#: the bias costs 0.2-0.9x of concat up to ws 64; in bf16 it wins only up to ws 16 (ws 32: 1.04x, ws 64:
-#: 1.26x), because concat's wider head dim is nearly free on AMX while the N x N mask is read every window.
-BIAS_FASTER_UP_TO = {torch.float32: 64, torch.bfloat16: 16, torch.float16: 16}
 
 
 def default_bias_budget() -> int:
-    """Bytes all layers together may hold as cached dense biases: 1/64 of the machine's memory, 64 MiB to
-    512 MiB (368 MiB on a 23 GiB machine). A total, not per layer: SST-light's five 64x64-window layers
-    alone would take 1 GB in fp32. The machine's memory is `runtime.total_memory_bytes` (8 GiB where the OS
-    will not say)."""
+    """Bytes all layers together may hold as cached dense biases: 1/32 of the machine's memory, 64 MiB to
+    1 GiB (736 MiB on a 23 GiB machine, 256 MiB on an 8 GiB laptop). A total, not per layer: SST-light's
+    five 64x64-window layers alone take 1 GB in fp32 (500 MB in bf16, which fits here: `plan_bias_budget`
+    counts each bias in its compute dtype). The machine's memory is `runtime.total_memory_bytes` (8 GiB
+    where the OS will not say)."""
     total = total_memory_bytes(torch.device("cpu"))
-    return int(min(max(total // 64, 64 * 2**20), 512 * 2**20))
+    return int(min(max(total // 32, 64 * 2**20), 1024 * 2**20))
 
 
 def reflect_pad(x: torch.Tensor, pad_right: int, pad_bottom: int) -> torch.Tensor:
@@ -183,16 +180,38 @@ class WindowAttention(nn.Module):
 
     def resolve_strategy(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
         """How RIB reaches the kernel (RPB is always a dense bias). `auto`: concat on GPUs and whenever the
-        bias would need a gradient; on CPU a cached bias where it is measured faster for this window size
-        and dtype (`BIAS_FASTER_UP_TO`) and fits the model-wide budget, concat elsewhere."""
+        bias would need a gradient; on CPU a cached bias where it fits the model-wide budget and this
+        machine measured it faster for this layer's shape and dtype (`strategy_probe`), concat elsewhere."""
         if self.positional != "RIB":
             return "bias" if self.positional == "RPB" else "none"
         if self.strategy != "auto":
             return self.strategy
         if device.type != "cpu" or self.kernel == "flash" or self.positional_needs_grad():
             return "concat"
-        fast = self.window_size <= BIAS_FASTER_UP_TO.get(dtype, 0)
-        return "bias" if fast and self.bias_fits_budget and self.cache_positional else "concat"
+        if not (self.bias_fits_budget and self.cache_positional):
+            return "concat"
+        if strategy_probe.bias_is_faster(self.window_size, self.num_heads, self.head_dim, self.rank, dtype,
+                                         lambda strategy: self._time_core(strategy, dtype)):
+            return "bias"
+        self._cache.pop(("bias", device, dtype), None)  # the probe's bias: not kept when concat won
+        return "concat"
+
+    def _time_core(self, strategy: str, dtype: torch.dtype) -> float:
+        """Seconds for one attention core with `strategy` on about PROBE_TOKENS tokens of random q/k/v in the
+        layout the forward hands over (the probe's measurement; the layer's settings are left as they were)."""
+        n = self.window_size ** 2
+        windows = max(1, strategy_probe.PROBE_TOKENS // n)
+        saved = (self.strategy, self.last_kernel, self.last_strategy)
+        try:
+            with torch.inference_mode():
+                qkv = torch.randn(windows, n, 3, self.num_heads, self.head_dim, dtype=dtype)
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+                self.strategy = strategy
+                start = time.perf_counter()
+                self._core(q, k, v)
+                return time.perf_counter() - start
+        finally:
+            self.strategy, self.last_kernel, self.last_strategy = saved
 
     # ---- attention core ---------------------------------------------------
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -210,10 +229,12 @@ class WindowAttention(nn.Module):
                 windows = q.shape[0]
                 d, r = self.head_dim, self.rank
                 width = -(-(d + r) // 8) * 8
-                q_pos = (q_pos / math.sqrt(r)).unsqueeze(0).expand(windows, -1, -1, -1)
-                k_pos = k_pos.unsqueeze(0).expand(windows, -1, -1, -1)
-                q_cat = _pad_last(torch.cat([q * scale, q_pos], dim=-1), width)
-                k_cat = _pad_last(torch.cat([k, k_pos], dim=-1), width)
+                # concatenated in (windows, N, heads, width) order and handed over transposed: the kernel
+                # takes the strides, and its output then comes back in the order the merge reads fastest
+                q_pos = (q_pos / math.sqrt(r)).transpose(0, 1).unsqueeze(0).expand(windows, -1, -1, -1)
+                k_pos = k_pos.transpose(0, 1).unsqueeze(0).expand(windows, -1, -1, -1)
+                q_cat = _pad_last(torch.cat([(q * scale).transpose(1, 2), q_pos], dim=-1), width).transpose(1, 2)
+                k_cat = _pad_last(torch.cat([k.transpose(1, 2), k_pos], dim=-1), width).transpose(1, 2)
                 v_cat = _pad_last(v, width)
                 out, ran = kernels.attend(q_cat, k_cat, v_cat, scale=1.0, kernel=self.kernel, strict=self.strict_kernel)
                 out = out[..., :d]
@@ -233,13 +254,21 @@ class WindowAttention(nn.Module):
         hp, wp = x.shape[-2:]
         if self.shift:
             x = torch.roll(x, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
-        qkv = self.to_qkv(x)
-        # channels [q|k|v] x heads x head_dim; windows row-major, tokens row-major inside
-        qkv = qkv.view(b, 3, heads, hd, hp // ws, ws, wp // ws, ws)
-        qkv = qkv.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, -1, heads, ws * ws, hd)
-        out = self._core(qkv[0], qkv[1], qkv[2])
-        out = out.view(b, hp // ws, wp // ws, heads, ws, ws, hd)
-        out = out.permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, hp, wp)
+        # Partition from channels-last order (b, hp, wp, 3C): a free view when the map is stored channels-last
+        # (CPU inference, `runtime.pick_memory_format`), so the one copy is the gather into windows; channels
+        # are [q|k|v] x heads x head_dim, windows row-major, tokens row-major inside a window.
+        # The gather keeps each token's 3C channels together (windows, N, 3, heads, head_dim): rows of ws*3C
+        # contiguous values move at memory speed, where gathering (3, windows, heads, N, head_dim) moved
+        # 16-value pieces (130 ms per layer at 512x512 in bf16). q, k, v are strided views of it, which SDPA
+        # takes as they are.
+        qkv = self.to_qkv(x).permute(0, 2, 3, 1).reshape(b, hp // ws, ws, wp // ws, ws, 3 * c)
+        qkv = qkv.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, 3, heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, head_dim)
+        out = self._core(q, k, v)
+        # merge back to (b, hp, wp, C) and view it as (b, C, hp, wp): channels-last memory, which the gate
+        # (computed on the same map) and the 1x1 projection read without another layout change
+        out = out.transpose(1, 2).reshape(b, hp // ws, wp // ws, ws, ws, c)
+        out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c).permute(0, 3, 1, 2)
         if self.shift:
             out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(2, 3))
         out = out[:, :, :h, :w]
@@ -279,12 +308,14 @@ def configure_attention(
 
 def plan_bias_budget(model: nn.Module, budget_bytes: int) -> None:
     """Share `budget_bytes` of cached dense biases among the RIB layers, smallest windows first (they gain
-    most from a bias and cost least): a layer whose fp32 bias no longer fits uses concat under `auto`."""
+    most from a bias and cost least): a layer whose bias (in its compute dtype) no longer fits uses concat
+    under `auto`."""
     layers = sorted((m for m in model.modules() if isinstance(m, WindowAttention) and m.positional == "RIB"),
                     key=lambda m: m.num_heads * m.window_size**4)
     used = 0
     for m in layers:
-        size = m.num_heads * m.window_size**4 * 4
+        item = torch.empty((), dtype=m.compute_dtype or torch.float32).element_size()  # bf16 biases: half
+        size = m.num_heads * m.window_size**4 * item
         m.bias_fits_budget = used + size <= budget_bytes
         used += size if m.bias_fits_budget else 0
 

@@ -137,6 +137,15 @@ class SST(nn.Module):
         else:
             self.upsampler = PixelShuffleUpsampler(dim, scale, cfg.intermediate_dim)
         plan_bias_budget(self, default_bias_budget())  # the cached-bias budget is per model, not per layer
+        #: How feature maps are stored: `runtime.pick_memory_format` decides, the runner sets it
+        self.memory_format = torch.contiguous_format
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> "SST":
+        """Store weights and feature maps in `memory_format` (channels_last: NHWC, which oneDNN's CPU
+        convolutions, the channel LayerNorm and the window partition read without layout copies)."""
+        self.to(memory_format=memory_format)
+        self.memory_format = memory_format
+        return self
 
     @property
     def arch(self) -> dict:
@@ -144,6 +153,7 @@ class SST(nn.Module):
         return self.config.to_network_g()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
         feat = self.proj(x)
         feat = feat + self.body(feat)
         return self.upsampler(feat, x)

@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from ribsr_cli.engine.attention import attention_report, configure_attention
 from ribsr_cli.engine.config import SSTConfig
-from ribsr_cli.engine.runtime import free_memory_bytes, pick_device, pick_dtype, precision_name, run_context
+from ribsr_cli.engine.runtime import (free_memory_bytes, pick_device, pick_dtype, pick_memory_format, precision_name,
+                                      run_context)
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
 from ribsr_cli.errors import UsageError
 from ribsr_cli.pixels import grey_like, to_rgb
@@ -187,6 +188,8 @@ class Upscaler:
                 dtype = torch.float32  # CPU bf16's accuracy is measured for ribsr's own networks only (issue 14)
             dtype = choose_dtype(dtype)
         net.to(device).eval()
+        if hasattr(net, "use_memory_format"):  # ribsr's own networks (a foreign model keeps its layout)
+            net.use_memory_format(pick_memory_format(device))
         if device.type == "cpu":  # big feature maps: reuse freed heap instead of mmap/munmap per layer
             from ribsr_cli.engine.allocator import tune_for_large_tensors
 

@@ -113,6 +113,15 @@ def kernel_probe_dtype(device: torch.device) -> torch.dtype:
     return pick_dtype("auto", device) if device.type == "cuda" else torch.float32
 
 
+def pick_memory_format(device: torch.device) -> torch.memory_format:
+    """How ribsr's networks store feature maps on `device`: channels-last (NHWC) on a CPU, where oneDNN's
+    convolutions take it without reordering, the channel LayerNorm reads it in place and the window
+    partition is a single gather (ribsr-s x2 at 512x512, 1 thread, AMD EPYC, interleaved medians:
+    fp32 1.14x, bf16 1.09x faster than NCHW; `benchmarks/engine_speed.py`); the default layout elsewhere,
+    where it has not been measured."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def precision_name(dtype: torch.dtype) -> str:
     """The CLI's precision name for a dtype (`DTYPES`), or torch's own name for any other."""
     return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))

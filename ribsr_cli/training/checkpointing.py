@@ -64,7 +64,7 @@ def save_best(out: Path, cfg: TrainConfig, ema: nn.Module, *, step: int, seconds
     """`best.safetensors`: the EMA at its best validation so far, with the score (rank 0 only).
 
     Why keep it: a fine-tune on a distribution other than the validation set's (the real-photo runs) peaks on
-    validation before its schedule ends and slides after (runs/ribsr-s-real-x2: 32.241 dB at 30 min, 32.174 at
+    validation before its schedule ends and slides after (runs/ribsr-s-real-x2-v2: 32.241 dB at 30 min, 32.174 at
     45), so the last EMA is not the one to ship. The score travels in the file's metadata, so a resumed run
     keeps comparing against it.
     """

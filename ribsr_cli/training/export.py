@@ -115,12 +115,12 @@ def pick_checkpoint(run: Path, checkpoint: str = "auto") -> Path:
 
 def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, hardware: str | None = None,
            checkpoint: str = "auto") -> dict:
-    src = pick_checkpoint(run, checkpoint)
     config = _run_config(run)
     variant = "real" if config.get("degradation") == "real" else "clean"
     if variant == "real" and default:
         raise ExportError(run, "a real-photo model is never the default for its scale (drop --default); "
                                "users pick it with -m real or --denoise")
+    src = pick_checkpoint(run, checkpoint)
     init_from = Path(config["init_from"]).stem if config.get("init_from") else None
     training_data = TRAINING_DATA + ("; degraded on the fly by ribsr's real-photo pipeline (training/degrade.py)"
                                      if variant == "real" else "")

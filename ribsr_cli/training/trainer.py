@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ribsr_cli.engine import build_model, configure_attention
+from ribsr_cli.engine.runtime import pick_memory_format
 from ribsr_cli.training.batches import make_batch
 from ribsr_cli.training.checkpointing import (STATE_FILE, best_score, init_body_from, load_training_state,
                                               restore_training_state, save_best, save_checkpoint)
@@ -50,9 +51,10 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module
     rng = np.random.default_rng(cfg.seed)  # one stream on every rank: each takes its slice of the same batch
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # before building: the initial weights are part of the run's reproducibility
-    model = build_model(arch).to(device)
+    layout = pick_memory_format(device)  # the inference layout policy: channels-last on a CPU (1.1x a step there)
+    model = build_model(arch).to(device).use_memory_format(layout)
     configure_attention(model, strategy=cfg.attention_strategy)
-    ema = build_model(arch).to(device)
+    ema = build_model(arch).to(device).use_memory_format(layout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     return model, ema, opt, rng
 
