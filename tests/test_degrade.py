@@ -15,6 +15,7 @@ from conftest import BENCHMARKS, REPO
 from ribsr_cli.imaging.metrics import psnr
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize
 from ribsr_cli.training.degrade import (
+    DEFAULT_CONFIG,
     DegradationConfig,
     degrade,
     degrade_batch,
@@ -260,3 +261,27 @@ def test_eval_recipe_noise_depends_on_the_image_and_grey_stays_grey() -> None:
     assert lr.shape == (32, 32) and lr.dtype == np.uint8
     with pytest.raises(ValueError, match="uint8"):
         degrade_for_eval(a.astype(np.float32), 2)
+
+
+def test_a_clean_prob_share_of_a_batch_gets_the_clean_bicubic_lr() -> None:
+    """clean_prob draws first, per sample: those samples are exactly the benchmark LR (MATLAB bicubic of the
+    uint8 crop), the others exactly what `degrade` makes from their own seeds; 0 and 1 are all or nothing."""
+    import dataclasses
+
+    crop = torch.from_numpy(_photo(size=96)).permute(2, 0, 1)
+    batch = torch.stack([crop, crop.flip(-1), crop.flip(-2), crop.transpose(-1, -2)] * 4)
+    bicubic = imresize(batch, 1 / 2)
+    cfg = dataclasses.replace(DEFAULT_CONFIG, clean_prob=0.5)
+    rng = np.random.default_rng(11)
+    lr = degrade_batch(batch, 2, rng, cfg)
+    replay = np.random.default_rng(11)
+    clean = replay.random(len(batch)) < 0.5
+    seeds = replay.integers(0, 2**63 - 1, size=len(batch))
+    assert 0 < clean.sum() < len(batch)
+    for i, (is_clean, seed) in enumerate(zip(clean, seeds)):
+        want = bicubic[i] if is_clean else to_uint8(degrade(batch[i].float() / 255, 2, int(seed), cfg))
+        assert torch.equal(lr[i], want), i
+    none = degrade_batch(batch, 2, np.random.default_rng(3), dataclasses.replace(DEFAULT_CONFIG, clean_prob=0.0))
+    every = degrade_batch(batch, 2, np.random.default_rng(3), dataclasses.replace(DEFAULT_CONFIG, clean_prob=1.0))
+    assert torch.equal(every, bicubic)
+    assert all(not torch.equal(none[i], bicubic[i]) for i in range(len(batch)))

@@ -252,6 +252,22 @@ def test_remeasure_adds_degraded_scores_without_touching_the_weights(pair_dir: P
     assert f"{entry['metrics_degraded']['Set5']['psnr_y']:.2f} / " in rows[0] and "n/a" in rows[1]
 
 
+def test_a_trial_export_writes_its_own_readme_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RIBSR_WEIGHTS_DIR (a trial, as scripts/train_real.sh suggests): the table goes to the trial folder's
+    README, created when missing, never to the repository's."""
+    from ribsr_cli.training.export import README_MARKERS, readme_path, update_readme
+
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    monkeypatch.setenv("RIBSR_WEIGHTS_DIR", str(trial))
+    models = json.loads((WEIGHTS / "MANIFEST.json").read_text())["models"]
+    assert readme_path() == trial / "README.md"
+    assert update_readme(readme_path(), models)
+    text = (trial / "README.md").read_text()
+    assert text.startswith(README_MARKERS[0]) and "`ribsr-s-real-x2` (real photos)" in text
+    assert update_readme(readme_path(), models) and (trial / "README.md").read_text() == text  # and again
+
+
 def test_export_refuses_to_make_a_real_model_the_default(tmp_path: Path) -> None:
     from ribsr_cli.errors import RibsrError
     from ribsr_cli.training.export import export
