@@ -15,7 +15,7 @@
 #   python3 scripts/real_photo_table.py --json runs/real_photo_table.json   # README "Real photos" tables
 #   python3 scripts/real_photo_demo.py --scale 2 --denoise 0.5               # docs/real_photo_demo.png
 # To try an export first without touching weights/: copy weights/ to a folder and point RIBSR_WEIGHTS_DIR at it.
-# Env:   THREADS (default 1), X2_MINUTES / X4_MINUTES (totals, default 40 each)
+# Env:   THREADS (default 1), X2_MINUTES / X4_MINUTES (totals, default 35 / 40)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
@@ -34,7 +34,8 @@ stage() {  # name scale total-minutes peak-lr warmup init
 # best.safetensors (the EMA at its best degraded-Set5 validation), which export ships. Earlier runs are kept
 # for their curves: runs/ribsr-s-real-x{2,4}-v1 (0.2.0: broad ranges, lr 4e-4, 60 min; peaked at 25 / 14 min),
 # -v2 (0.3.0: 45 min; peaked at 30 / 20-27 min, then slid 0.07 / 0.03 dB by the end, which was shipped) and
-# runs/ribsr-s-real-x4-v3 (no clean share, 30 min; best 28.499 dB, vs 28.533 with the clean share).
+# runs/ribsr-s-real-x{2,4}-v3 (no clean share, 40 / 30 min; best 32.248 / 28.499 dB; with the share x2 peaked at
+# 32.194 but kept 0.9-1.5 dB more on clean inputs and scored higher on held-out photos, x4 peaked at 28.533).
 stage ribsr-s-real-x4 4 "${X4_MINUTES:-40}" 2e-4 200 weights/ribsr-s-x4.safetensors
-stage ribsr-s-real-x2 2 "${X2_MINUTES:-40}" 2e-4 200 weights/ribsr-s-x2.safetensors
+stage ribsr-s-real-x2 2 "${X2_MINUTES:-35}" 2e-4 200 weights/ribsr-s-x2.safetensors
 echo "all stages done"
