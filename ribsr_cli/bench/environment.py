@@ -5,26 +5,19 @@ Timings mean little without them, so every result carries this record (and `--js
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 from typing import Any, Callable
 
 import torch
 
 from ribsr_cli.bench.timing import MEMORY_METHOD, TIMING_METHOD
-from ribsr_cli.engine.runtime import precision_name
+from ribsr_cli.engine.runtime import cpu_model_name, precision_name
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpu_model_name()
 
 
 def backend_flags() -> dict[str, Any]:

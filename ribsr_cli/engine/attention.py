@@ -314,8 +314,7 @@ def plan_bias_budget(model: nn.Module, budget_bytes: int) -> None:
                     key=lambda m: m.num_heads * m.window_size**4)
     used = 0
     for m in layers:
-        item = torch.empty((), dtype=m.compute_dtype or torch.float32).element_size()  # bf16 biases: half
-        size = m.num_heads * m.window_size**4 * item
+        size = m.num_heads * m.window_size**4 * (m.compute_dtype or torch.float32).itemsize  # bf16 biases: half
         m.bias_fits_budget = used + size <= budget_bytes
         used += size if m.bias_fits_budget else 0
 

@@ -219,8 +219,7 @@ class Upscaler:
         """The largest window-aligned CPU tile whose widest feature map fits under the mmap ceiling."""
         from ribsr_cli.engine.allocator import MMAP_THRESHOLD
 
-        item = torch.empty((), dtype=self.dtype).element_size()
-        side = int((MMAP_THRESHOLD / (widest_channels * item)) ** 0.5)
+        side = int((MMAP_THRESHOLD / (widest_channels * self.dtype.itemsize)) ** 0.5)
         return max(MIN_AUTO_TILE_CPU, side // align * align)
 
     def run(self, image: np.ndarray, out_dtype: Any = None,

@@ -6,7 +6,9 @@ network runs under. Every command (upscale, eval, bench, train, export) asks her
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 
 import torch
 
@@ -111,6 +113,18 @@ def kernel_probe_dtype(device: torch.device) -> torch.dtype:
     from sm80, fp16 before: not `torch.cuda.is_bf16_supported()`, which says yes before sm80 too), fp32
     elsewhere (the CPU's fp32 kernels, the ones every CPU has)."""
     return pick_dtype("auto", device) if device.type == "cuda" else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model_name() -> str:
+    """The CPU's model name as the OS reports it (`/proc/cpuinfo`'s "model name"), else what `platform` knows;
+    read once per process (results are labelled with it, and the strategy probe keys its answers by it)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def pick_memory_format(device: torch.device) -> torch.memory_format:

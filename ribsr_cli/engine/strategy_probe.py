@@ -18,9 +18,9 @@ large-window shape for SST-light.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from ribsr_cli.engine.runtime import cpu_model_name
 from ribsr_cli.fileutil import atomic_write_text
 from ribsr_cli.paths import cache_home
 
@@ -49,21 +50,17 @@ def probing_enabled() -> bool:
 
 
 def machine_key() -> str:
-    """What the answer depends on besides the layer: the CPU, its bf16/AMX units, torch, the thread count."""
+    """What the answer depends on besides the layer: the CPU, its bf16/AMX units, torch, the thread count
+    (the only part that can change within a process, so the rest is read once: this runs every forward)."""
+    return f"{_cpu_key()}|{torch.get_num_threads()} threads"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_key() -> str:
     caps_fn = getattr(torch.cpu, "get_capabilities", None)
     caps = caps_fn() if caps_fn is not None else {}
     flags = ",".join(sorted(k for k in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if caps.get(k)))
-    return f"{cpu_model()}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"{cpu_model_name()}|{flags}|torch {torch.__version__}"
 
 
 def shape_key(window: int, heads: int, head_dim: int, rank: int, dtype: torch.dtype) -> str:

@@ -218,10 +218,7 @@ def update_readme(readme: Path, models: list[dict]) -> bool:
     """Replace the text between README's models-table markers; False when the markers are missing. A README
     that does not exist (a trial folder's, see `readme_path`) is created holding just the table."""
     start, end = README_MARKERS
-    if not readme.is_file():
-        atomic_write_text(readme, f"{start}\n{models_table(models)}\n{end}\n")
-        return True
-    text = readme.read_text()
+    text = readme.read_text() if readme.is_file() else f"{start}\n{end}\n"
     if start not in text or end not in text:
         return False
     head, rest = text.split(start, 1)
