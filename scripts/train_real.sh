@@ -15,16 +15,19 @@
 #   python3 scripts/real_photo_table.py --json runs/real_photo_table.json   # README "Real photos" tables
 #   python3 scripts/real_photo_demo.py --scale 2 --denoise 0.5               # docs/real_photo_demo.png
 # To try an export first without touching weights/: copy weights/ to a folder and point RIBSR_WEIGHTS_DIR at it.
-# Env:   THREADS (default 1), X2_MINUTES / X4_MINUTES (totals, default 35 / 40)
+# Usage: scripts/train_real.sh [x2|x4|all]   (2 cores: `nohup scripts/train_real.sh x4 &` and `... x2 &` side by side)
+# Env:   THREADS (default 1), ARCH (default ribsr-s6), X2_MINUTES / X4_MINUTES (totals, default 95 / 95)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
+ARCH=${ARCH:-ribsr-s6}
+ONLY=${1:-all}   # x2, x4 or all (in that order: x4 first); two stages may run at once, one per core
 PY=${PYTHON:-python3}
 mkdir -p runs/logs
 
 stage() {  # name scale total-minutes peak-lr warmup init
   local name=$1 scale=$2 minutes=$3 lr=$4 warmup=$5 init=$6
-  $PY -m ribsr_cli train --arch ribsr-s --scale "$scale" --out "runs/$name" --steps 0 --degradation real \
+  $PY -m ribsr_cli train --arch "$ARCH" --scale "$scale" --out "runs/$name" --steps 0 --degradation real \
       --max-minutes "$minutes" --lr "$lr" --warmup "$warmup" --threads "$THREADS" \
       --val-every 250 --ckpt-minutes 3 --init-from "$init"
 }
@@ -36,6 +39,10 @@ stage() {  # name scale total-minutes peak-lr warmup init
 # -v2 (0.3.0: 45 min; peaked at 30 / 20-27 min, then slid 0.07 / 0.03 dB by the end, which was shipped) and
 # runs/ribsr-s-real-x{2,4}-v3 (no clean share, 40 / 30 min; best 32.248 / 28.499 dB; with the share x2 peaked at
 # 32.194 but kept 0.9-1.5 dB more on clean inputs and scored higher on held-out photos, x4 peaked at 28.533).
-stage ribsr-s-real-x4 4 "${X4_MINUTES:-40}" 2e-4 200 weights/ribsr-s-x4.safetensors
-stage ribsr-s-real-x2 2 "${X2_MINUTES:-35}" 2e-4 200 weights/ribsr-s-x2.safetensors
-echo "all stages done"
+if [[ $ONLY == all || $ONLY == x4 ]]; then
+  stage ribsr-s-real-x4 4 "${X4_MINUTES:-95}" 2e-4 200 weights/ribsr-s-x4.safetensors
+fi
+if [[ $ONLY == all || $ONLY == x2 ]]; then
+  stage ribsr-s-real-x2 2 "${X2_MINUTES:-95}" 2e-4 200 weights/ribsr-s-x2.safetensors
+fi
+echo "stages done: $ONLY"

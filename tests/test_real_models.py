@@ -39,9 +39,11 @@ def _photo_crop(size: int = 48) -> np.ndarray:
     return np.ascontiguousarray(img[100:100 + size, 150:150 + size])
 
 
-@pytest.fixture()
-def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A weights folder holding the shipped ribsr-s-x2 and a perturbed copy shipped as ribsr-s-real-x2."""
+def _make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_blocks: int | None = None) -> Path:
+    """A weights folder holding the shipped ribsr-s-x2 and a perturbed copy shipped as ribsr-s-real-x2;
+    with `real_blocks`, the copy is first grown to that many blocks (`engine.grow`), as ribsr-s6 real models are."""
+    from ribsr_cli.engine.grow import deeper, grow_state
+    from ribsr_cli.engine.network import SST
     from ribsr_cli.fileutil import sha256_file
 
     folder = tmp_path / "weights"
@@ -51,10 +53,15 @@ def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     clean_entry.pop("metrics_degraded", None)  # measured below where a test needs it
     shutil.copy(WEIGHTS / clean_entry["file"], folder / clean_entry["file"])
     net = load_model(WEIGHTS / clean_entry["file"])
+    if real_blocks:
+        grown = SST(deeper(net.config, real_blocks))
+        grown.load_state_dict(grow_state(net.state_dict(), net.config, grown.config))
+        net = grown
     gen = torch.Generator().manual_seed(17)
-    with torch.no_grad():
+    with torch.no_grad():  # the identity blocks' zero convs move too, so the extra blocks really act
         for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * (0.05 * float(p.std()) if p.numel() > 1 else 0.01))
+            spread = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.2
+            p.add_(torch.randn(p.shape, generator=gen) * (0.05 * spread if p.numel() > 1 else 0.01))
     save_model(net, folder / "ribsr-s-real-x2.safetensors", {"name": "ribsr-s-real-x2"})
     real_entry = dict(clean_entry, name="ribsr-s-real-x2", file="ribsr-s-real-x2.safetensors", default=False,
                       variant="real", sha256=sha256_file(folder / "ribsr-s-real-x2.safetensors"),
@@ -63,6 +70,17 @@ def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RIBSR_WEIGHTS_DIR", str(folder))
     monkeypatch.setenv("RIBSR_HOME", str(tmp_path / "home"))  # no stored models of the user's leak in
     return folder
+
+
+@pytest.fixture()
+def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return _make_pair(tmp_path, monkeypatch)
+
+
+@pytest.fixture()
+def deep_pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """As pair_dir, with the real model six blocks deep against the clean model's three."""
+    return _make_pair(tmp_path, monkeypatch, real_blocks=6)
 
 
 def _sr(net, lr: np.ndarray) -> np.ndarray:
@@ -119,6 +137,42 @@ def test_denoise_half_is_the_average_and_names_both_weights(pair_dir: Path) -> N
     lr = _photo_crop()
     out = _sr(mixed, lr)
     assert not np.array_equal(out, _sr(clean, lr)) and not np.array_equal(out, _sr(real, lr))
+
+
+def test_denoise_with_a_deeper_real_model_keeps_both_ends_exact(deep_pair_dir: Path) -> None:
+    """ribsr-s6 real models pair with 3-block clean ones: S=0 must still upscale exactly as the clean model."""
+    from ribsr_cli.engine.grow import grow_state
+    from ribsr_cli.engine.registry import resolve
+
+    lr = _photo_crop()
+    clean, real = resolve("clean", 2).network, resolve("real", 2).network
+    assert (clean.config.n_blocks, real.config.n_blocks) == (3, 6)
+    out_clean, out_real = _sr(clean, lr), _sr(real, lr)
+    assert not np.array_equal(out_clean, out_real)
+    for strength, reference in ((0.0, out_clean), (1.0, out_real)):
+        mixed = resolve(None, 2, denoise=strength)
+        assert mixed.config.n_blocks == 6
+        assert np.array_equal(_sr(mixed.network, lr), reference), strength
+    half = resolve(None, 2, denoise=0.5).network.state_dict()
+    grown = grow_state(clean.state_dict(), clean.config, real.config)
+    for key, value in real.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(half[key], (grown[key] + value) / 2, rtol=0, atol=1e-7)
+
+
+def test_a_model_with_other_widths_is_refused_for_denoise(pair_dir: Path) -> None:
+    from ribsr_cli.engine.network import SST
+    from ribsr_cli.engine.presets import get_config
+    from ribsr_cli.engine.registry import resolve
+    from ribsr_cli.fileutil import sha256_file
+
+    wide = SST(get_config("SST-light", 2))  # dim 48: not a grown ribsr-s
+    save_model(wide, pair_dir / "ribsr-s-real-x2.safetensors", {"name": "ribsr-s-real-x2"})
+    manifest = json.loads((pair_dir / "MANIFEST.json").read_text())
+    manifest["models"][1]["sha256"] = sha256_file(pair_dir / "ribsr-s-real-x2.safetensors")
+    (pair_dir / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="differ in architecture"):
+        resolve(None, 2, denoise=0.5)
 
 
 def test_denoise_refuses_a_model_outside_a_pair_in_one_line(pair_dir: Path, tmp_path: Path) -> None:

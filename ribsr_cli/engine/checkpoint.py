@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ribsr_cli.engine.grow import count_blocks
 from ribsr_cli.engine.network import SST
 from ribsr_cli.errors import CheckpointError  # re-exported: callers import it from here
 from ribsr_cli.fileutil import atomic_path
@@ -86,9 +87,7 @@ def detect_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     if "proj.weight" not in state:
         raise ValueError("no proj.weight: not an SST checkpoint")
     dim = state["proj.weight"].shape[0]
-    n_blocks = 0
-    while f"body.{n_blocks}.0.norm_attn.weight" in state:
-        n_blocks += 1
+    n_blocks = count_blocks(state)
     if n_blocks == 0:
         raise ValueError("no body.0.0.norm_attn.weight: not an SST checkpoint")
     n_layers = 0

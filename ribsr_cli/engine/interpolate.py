@@ -9,7 +9,9 @@ interpolation"), so one number picks how much damage is removed:
     weights = (1 - S) * clean + S * real,   0 <= S <= 1
 
 computed in float64 and cast back, so S = 0 and S = 1 give the two shipped weight sets bit for bit (1·x + 0·y
-is exactly x). Both files are sha256-checked before mixing, and the mix is named `<clean>+real@S` with both
+is exactly x). A real model may be deeper than its clean partner (ribsr-s6 grown from ribsr-s, `engine.grow`):
+the clean end of the line is then the clean weights grown to that depth, whose extra blocks are identities, so
+S = 0 still upscales exactly as the clean model does. Both files are sha256-checked before mixing, and the mix is named `<clean>+real@S` with both
 hashes (`LoadedModel.sha256` = "<clean sha256>+<real sha256>", `LoadedModel.components`).
 """
 
@@ -21,6 +23,7 @@ import torch
 
 from ribsr_cli.catalog import ModelEntry, find_model, shipped_models, shipped_scales, variant_model
 from ribsr_cli.engine.checkpoint import CheckpointError
+from ribsr_cli.engine.grow import can_grow, grow_state
 from ribsr_cli.engine.runner import LoadedModel
 
 
@@ -108,12 +111,16 @@ def load_denoised(clean_entry: ModelEntry, real_entry: ModelEntry, strength: flo
 
     strength = check_strength(strength)
     clean, real = load_entry(clean_entry, device), load_entry(real_entry, device)
+    clean_state = clean.network.state_dict()
     if clean.config != real.config:
-        raise CheckpointError(real_entry.path, f"{real_entry.name} and {clean_entry.name} differ in architecture; "
-                                               "they cannot be interpolated")
-    net = clean.network
+        if clean.config is None or real.config is None or not can_grow(clean.config, real.config):
+            raise CheckpointError(real_entry.path, f"{real_entry.name} and {clean_entry.name} differ in architecture "
+                                                   "(beyond extra blocks); they cannot be interpolated")
+        # a deeper real model: the clean weights grown to its depth compute exactly the clean model
+        clean_state = grow_state(clean_state, clean.config, real.config)
+    net = real.network if clean.config != real.config else clean.network
     with torch.no_grad():
-        net.load_state_dict(interpolate_state(net.state_dict(), real.network.state_dict(), strength))
+        net.load_state_dict(interpolate_state(clean_state, real.network.state_dict(), strength))
     components = ({"name": clean_entry.name, "sha256": clean_entry.sha256, "weight": 1.0 - strength},
                   {"name": real_entry.name, "sha256": real_entry.sha256, "weight": strength})
     return LoadedModel.of(net, denoise_name(clean_entry, strength), "shipped",

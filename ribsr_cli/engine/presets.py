@@ -37,6 +37,11 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     # training step near 0.6 s on one core (batch 8 of 48x48); RIB, direct pixel-shuffle.
     "ribsr-s": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=3, exp_ratio=2,
                     upsampler_type="pixelshuffle_direct", window_sizes=[8, 16]),
+    # ribsr-s with six blocks (~0.23 M params): the real-photo models' network. It grows from ribsr-s
+    # exactly (engine.grow: the three extra blocks start as identities), so `--denoise` can still mix a
+    # real model with its clean ribsr-s partner; a training step costs ~1.7x ribsr-s's.
+    "ribsr-s6": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=6, exp_ratio=2,
+                     upsampler_type="pixelshuffle_direct", window_sizes=[8, 16]),
 }
 
 

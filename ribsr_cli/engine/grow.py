@@ -1,0 +1,77 @@
+"""Function-preserving growth of an SST: more blocks, the same output.
+
+Why: the real-photo models need more capacity than the 0.12 M `ribsr-s` they start from, yet `--denoise`
+interpolates a real model's weights with its clean partner's, which needs one architecture. A deeper network
+whose extra blocks are *identities* computes exactly what the clean network computes, so
+
+    grow_state(clean, from=ribsr-s, to=deeper)  ==  the clean model, bit for bit,
+
+and it is both the starting point of the deeper real model's training and the clean end of its `--denoise`
+line. A Block is `x + body(x)` whose body ends in a Conv3x3; with that conv's weight and bias zero the
+block adds exactly 0.0 to x (finite inputs), so the output is unchanged in any precision.
+
+New block k (k = n_from .. n_to - 1) copies the trained block (k - n_from) mod n_from (its attention and FFN
+start from trained features rather than noise: "progressive stacking"), with its last conv zeroed; the body's
+closing LayerNorm and Conv3x3 move to the end. Only the block count may grow: a wider `dim` is not
+function-preserving (the channel LayerNorm's statistics would change).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+from ribsr_cli.engine.config import SSTConfig
+
+_BODY_KEY = re.compile(r"^body\.(\d+)\.(.*)$")
+
+
+def can_grow(small: SSTConfig, large: SSTConfig) -> bool:
+    """True when `large` is `small` with at least as many blocks and nothing else changed."""
+    return (large.n_blocks >= small.n_blocks
+            and dataclasses.replace(small, n_blocks=large.n_blocks) == large)
+
+
+def grow_state(state: dict[str, torch.Tensor], small: SSTConfig,
+               large: SSTConfig) -> dict[str, torch.Tensor]:
+    """The state dict of `large` that computes what `state` (of `small`) computes; see the module docstring."""
+    if not can_grow(small, large):
+        raise ValueError(f"cannot grow {small.n_blocks} blocks into this architecture: only n_blocks may grow "
+                         "(and not shrink); every other field must match")
+    n_from, n_to = small.n_blocks, large.n_blocks
+    last_conv = len(small.window_sizes)  # a Block's Sequential index of its closing Conv3x3
+    grown: dict[str, torch.Tensor] = {}
+    by_block: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _BODY_KEY.match(key)
+        if match is None:
+            grown[key] = value.clone()
+            continue
+        index, rest = int(match.group(1)), match.group(2)
+        if index < n_from:
+            grown[key] = value.clone()
+            by_block.setdefault(index, {})[rest] = value
+        else:  # the closing LayerNorm (n_from) and Conv3x3 (n_from + 1) move behind the new blocks
+            grown[f"body.{index - n_from + n_to}.{rest}"] = value.clone()
+    for k in range(n_from, n_to):
+        for rest, value in by_block[(k - n_from) % n_from].items():
+            copy = value.clone()
+            if rest.startswith(f"{last_conv}."):
+                copy.zero_()
+            grown[f"body.{k}.{rest}"] = copy
+    return grown
+
+
+def count_blocks(state: dict[str, torch.Tensor]) -> int:
+    """How many blocks an SST state dict holds (0 when it is not one)."""
+    n = 0
+    while f"body.{n}.0.norm_attn.weight" in state:
+        n += 1
+    return n
+
+
+def deeper(config: SSTConfig, n_blocks: int) -> SSTConfig:
+    """`config` with `n_blocks` blocks (the shape `grow_state` fills)."""
+    return dataclasses.replace(config, n_blocks=n_blocks)
