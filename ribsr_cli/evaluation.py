@@ -29,7 +29,7 @@ from ribsr_cli import errors
 from ribsr_cli.fileutil import atomic_file
 from ribsr_cli.imaging.metrics import psnr, ssim
 from ribsr_cli.imaging.resize import bicubic_degrade, imresize_np, modcrop
-from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from ribsr_cli.imaging.io import is_scanned_image
 from ribsr_cli.pixels import round_levels
 
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
@@ -90,7 +90,7 @@ class Dataset:
 
 def _images_in(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")))
+                        if p.is_file() and is_scanned_image(p)))
 
 
 def discover_dataset(path: str | Path) -> Dataset:

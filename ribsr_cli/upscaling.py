@@ -26,6 +26,7 @@ from ribsr_cli.imaging.io import (
     ImageReadError,
     ImageWriteError,
     is_image_path,
+    is_scanned_image,
     output_format_for,
     read_image,
     write_image,
@@ -73,7 +74,7 @@ def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
         if not recursive:
             dirs[:] = []
         dirs.sort()
-        files += [root_path / n for n in sorted(names) if is_image_path(root_path / n) and not n.startswith(".")]
+        files += [root_path / n for n in sorted(names) if is_scanned_image(root_path / n)]
     return files
 
 

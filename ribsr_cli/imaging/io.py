@@ -40,5 +40,12 @@ def output_format_for(input_format: str, requested: str = "keep") -> tuple[str, 
 
 
 def is_image_path(path: str | Path) -> bool:
-    """Whether a folder scan should pick this file up, judged by extension (any case)."""
+    """Whether this is an image file by its extension (any case): what a named input must be."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_scanned_image(path: str | Path) -> bool:
+    """Whether a folder scan (upscale, eval, data prepare, the leak check) picks this file up: an image
+    extension and not a hidden name. Dot-files are never photos a user meant: macOS's `._name.jpg`
+    resource forks, editors' backups, and ribsr's own atomic-write temporaries (`fileutil.atomic_path`)."""
+    return is_image_path(path) and not Path(path).name.startswith(".")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from ribsr_cli.imaging.io import is_scanned_image
 from ribsr_cli.paths import benchmarks_dir
 
 COARSE_SIDE = 32  # template long side for the sliding search, px
@@ -263,7 +263,7 @@ def _verify(tmpl: _Gray, tgt: _Gray, r: float, x: float, y: float) -> tuple[floa
 def benchmark_files(folder: Path) -> list[Path]:
     """Images directly in `folder`, or in `folder/HR` when it holds none (a set's root was given)."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_scanned_image(p))
     if not files and (folder / "HR").is_dir():
         return benchmark_files(folder / "HR")
     return files

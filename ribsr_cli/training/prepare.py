@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ribsr_cli.fileutil import atomic_file, atomic_write_text, sha256_file
-from ribsr_cli.imaging.io import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from ribsr_cli.imaging.io import is_scanned_image
 from ribsr_cli.training.leakcheck import LeakChecker, default_benchmark_dirs
 from ribsr_cli.training.manifest import read_manifest
 from ribsr_cli.training.pool import INDEX_FILE, POOL_FILE, POOL_FORMAT, PoolEntry
@@ -83,7 +83,7 @@ def blockiness(gray: np.ndarray, period: int) -> float:
 def find_photos(photos_dir: Path) -> list[Path]:
     """Image files under `photos_dir`, sorted, as the fallback when no manifest is given."""
     return sorted(p for p in Path(photos_dir).rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                  if p.is_file() and is_scanned_image(p))
 
 
 @dataclass
