@@ -214,3 +214,23 @@ def test_run_options_for_scoring_and_their_checks() -> None:
         RunOptions(attention="magic").resolve()
     with pytest.raises(ValueError, match="needs a CUDA device"):
         RunOptions(device="cpu", attention="flash", precision="bf16").resolve()
+
+
+def test_flash_requirements_are_stated_once_for_auto_and_for_the_flag(monkeypatch) -> None:
+    """`--attention flash`'s refusals and the `auto` rule read one function, so they cannot disagree."""
+    from ribsr_cli.engine import kernels
+    from ribsr_cli.engine.runner import check_attention
+    from ribsr_cli.errors import UsageError
+
+    monkeypatch.setattr(kernels, "flash_attn_func", lambda: None)
+    assert "flash-attn package" in kernels.flash_refusal("cuda", torch.bfloat16)
+    with pytest.raises(UsageError, match="flash-attn package"):
+        check_attention("flash", torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setattr(kernels, "flash_attn_func", lambda: (lambda *a, **k: None))  # as if installed
+    assert kernels.flash_refusal("cuda", torch.bfloat16) is None
+    check_attention("flash", torch.device("cuda"), torch.float16)  # accepted
+    with pytest.raises(UsageError, match="bf16 or fp16"):
+        check_attention("flash", torch.device("cuda"), torch.float32)
+    assert "CUDA device" in kernels.flash_refusal("cpu", torch.bfloat16)
+    q = torch.zeros(1, 2, 4, 16, dtype=torch.bfloat16)
+    assert not kernels._flash_ok(q, None)  # a CPU tensor never goes to flash-attn, installed or not

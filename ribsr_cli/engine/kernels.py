@@ -72,15 +72,23 @@ def available_kernels(device: torch.device | str = "cpu") -> list[str]:
     return names
 
 
+def flash_refusal(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why the flash-attn kernel cannot run on this device type in this dtype, or None when it can (head dim
+    permitting): the one statement of its requirements, read by the `auto` rule (`_flash_ok`) and, before any
+    file, by `--attention flash` (`runner.check_attention`)."""
+    if device_type != "cuda":
+        return f"needs a CUDA device; this run is on {device_type} (use auto, sdpa or math)"
+    if flash_attn_func() is None:
+        return ("needs the flash-attn package (pip install -e '.[flash]'); "
+                "use auto or sdpa for PyTorch's own FlashAttention kernel")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return "needs --precision bf16 or fp16"
+    return None
+
+
 def _flash_ok(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (
-        q.is_cuda
-        and bias is None
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and q.shape[-1] % 8 == 0
-        and q.shape[-1] <= 256
-        and flash_attn_func() is not None
-    )
+    return (bias is None and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+            and flash_refusal(q.device.type, q.dtype) is None)
 
 
 def _math(q, k, v, bias, scale):

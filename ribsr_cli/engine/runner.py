@@ -130,19 +130,12 @@ class RunOptions:
 def check_attention(attention: str, device: torch.device, dtype: torch.dtype) -> None:
     """Raise ValueError for an unknown kernel, or a UsageError when `--attention flash` cannot run here:
     before any file, not once per file."""
-    from ribsr_cli.engine.kernels import check_kernel, flash_attn_func
+    from ribsr_cli.engine.kernels import check_kernel, flash_refusal
 
     check_kernel(attention)
-    if attention != "flash":
-        return
-    if device.type != "cuda":
-        raise UsageError("--attention flash", f"needs a CUDA device; this run is on {device.type} "
-                                              "(use auto, sdpa or math)")
-    if flash_attn_func() is None:
-        raise UsageError("--attention flash", "needs the flash-attn package (pip install -e '.[flash]'); "
-                                              "use auto or sdpa for PyTorch's own FlashAttention kernel")
-    if dtype == torch.float32:
-        raise UsageError("--attention flash", "needs --precision bf16 or fp16")
+    reason = flash_refusal(device.type, dtype) if attention == "flash" else None
+    if reason:
+        raise UsageError("--attention flash", reason)
 
 
 @dataclass
