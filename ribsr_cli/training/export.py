@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from ribsr_cli.catalog import manifest, source_weights_dir, weights_dir
 from ribsr_cli.errors import RibsrError
 from ribsr_cli.fileutil import atomic_write_text, sha256_file
 from ribsr_cli.training.checkpointing import BEST_FILE, EMA_FILE
-
 
 
 class ExportError(RibsrError):
@@ -101,6 +99,14 @@ def _run_config(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _hardware(config: dict) -> str:
+    """What the run trained on, for the manifest: the CPU's model name and the run's thread count."""
+    from ribsr_cli.engine.runtime import cpu_model_name
+
+    threads = int(config.get("threads") or 1)
+    return f"{cpu_model_name()} CPU, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def pick_checkpoint(run: Path, checkpoint: str = "auto") -> Path:
     """The run's weights to ship: `best` (the EMA at its best validation), `last` (the final EMA), or `auto`
     = best when the run kept one (runs since 0.4.0), else last."""
@@ -129,7 +135,7 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
     out_dir = _out_dir()
     out_dir.mkdir(exist_ok=True)
     target = out_dir / f"{name}.safetensors"
-    provenance = dict(prov, name=name, training_data=training_data, hardware=hardware or f"{platform.processor() or platform.machine()} CPU, 1 thread",
+    provenance = dict(prov, name=name, training_data=training_data, hardware=hardware or _hardware(config),
                       exported=time.strftime("%Y-%m-%d"))
     save_model(model, target, provenance)
     size_mb = target.stat().st_size / 2**20
