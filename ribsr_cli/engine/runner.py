@@ -140,13 +140,13 @@ def check_attention(attention: str, device: torch.device, dtype: torch.dtype) ->
 
 @dataclass
 class RunReport:
-    """What ran, as it ran: for the per-file lines, the summary and the JSON reports."""
+    """What ran, as it ran: for the per-file lines, the summary and the JSON reports (the tile side each
+    file ran at is `Upscaler.run`'s second result, kept per job)."""
 
     precision: str  # what the network computed in (a foreign model may have fallen back to fp32)
     kernels: list[str] = field(default_factory=list)  # attention kernels that ran, first-seen order
     fallbacks: list[str] = field(default_factory=list)  # out-of-memory retries, one line each
     notes: list[str] = field(default_factory=list)  # a foreign model's precision notes
-    tile: int | None = None  # tile side of the last run (LR px; 0: whole image)
 
 
 class Upscaler:
@@ -241,7 +241,6 @@ class Upscaler:
                 failed = "whole" if whole else f"at {tile} px"
                 self.report.fallbacks.append(f"{w}x{h} image tiled at {smaller} px (out of memory {failed})")
                 tile = smaller
-        self.report.tile = tile
         self.report.kernels += [k for k in self.last_kernels() if k not in self.report.kernels]
         return out, tile
 
