@@ -16,11 +16,11 @@
 #   python3 scripts/real_photo_demo.py --scale 2 --denoise 0.5               # docs/real_photo_demo.png
 # To try an export first without touching weights/: copy weights/ to a folder and point RIBSR_WEIGHTS_DIR at it.
 # Usage: scripts/train_real.sh [x2|x4|all]   (2 cores: `nohup scripts/train_real.sh x4 &` and `... x2 &` side by side)
-# Env:   THREADS (default 1), ARCH (default ribsr-s6), X2_MINUTES / X4_MINUTES (totals, default 95 / 95)
+# Env:   THREADS (default 1), ARCH (default ribsr-s), X2_MINUTES / X4_MINUTES (totals, default 55 / 40)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
-ARCH=${ARCH:-ribsr-s6}
+ARCH=${ARCH:-ribsr-s}   # ribsr-s6 (six blocks, grown exactly from ribsr-s) tracked ribsr-s within 0.005 dB
 ONLY=${1:-all}   # x2, x4 or all (in that order: x4 first); two stages may run at once, one per core
 PY=${PYTHON:-python3}
 mkdir -p runs/logs

@@ -285,3 +285,53 @@ def test_a_clean_prob_share_of_a_batch_gets_the_clean_bicubic_lr() -> None:
     every = degrade_batch(batch, 2, np.random.default_rng(3), dataclasses.replace(DEFAULT_CONFIG, clean_prob=1.0))
     assert torch.equal(every, bicubic)
     assert all(not torch.equal(none[i], bicubic[i]) for i in range(len(batch)))
+
+
+# ---- the single-pass camera model ----------------------------------------------------------------------------
+
+def _only(**fields) -> DegradationConfig:
+    return dataclasses.replace(DEFAULT_CONFIG, **fields)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_camera_noise_lands_on_the_lr_grid_at_its_stated_sigma(scale: int) -> None:
+    """Why the camera model exists: its sensor noise has the stated sigma *in the LR*, at every scale, while
+    the same sigma added on the HR (the chain's first order) is mostly averaged away by the downscale."""
+    grey = torch.full((3, 64 * scale, 64 * scale), 0.5)
+    camera = _only(camera_prob=1.0, camera_blur_prob=0.0, camera_noise_prob=1.0, jpeg_prob_final=0.0,
+                   gaussian_noise_prob=1.0, grey_noise_prob=0.0, camera_noise_sigma=(6 / 255, 6 / 255))
+    lr = degrade(grey, scale, 11, camera)
+    assert tuple(lr.shape) == (3, 64, 64)
+    assert abs(float((lr - 0.5).std()) * 255 - 6.0) < 0.3  # rounding to 8 bits adds ~0.29 levels
+    on_hr = resize(gaussian_noise(grey[None], 6 / 255, np.random.default_rng(11)), (64, 64), "bicubic", True)
+    assert float((on_hr - 0.5).std()) * 255 < 6.0 / scale * 1.2
+
+
+def test_camera_model_is_seeded_and_blurs_in_lr_pixels() -> None:
+    hr = _tensor(_photo(size=192))
+    camera = _only(camera_prob=1.0)
+    assert torch.equal(degrade(hr, 4, 3, camera), degrade(hr, 4, 3, camera))
+    assert not torch.equal(degrade(hr, 4, 3, camera), degrade(hr, 4, 4, camera))
+    # blur only: sigma 0.7 LR px removes the same share of detail at x2 and x4 (measured against the plain
+    # antialiased downscale of the same photo), where a sigma in HR pixels would blur x4 half as much
+    blur = _only(camera_prob=1.0, camera_blur_prob=1.0, camera_blur_sigma_lr=(0.7, 0.7), camera_noise_prob=0.0,
+                 jpeg_prob_final=0.0)
+    losses = []
+    for scale in (2, 4):
+        size = (192 // scale, 192 // scale)
+        plain = to_uint8(resize(hr[None], size, "bicubic", True))[0].permute(1, 2, 0).numpy()
+        soft = to_uint8(degrade(hr, scale, 0, blur)).permute(1, 2, 0).numpy()
+        losses.append(psnr(soft, plain, crop_border=2))
+    assert all(20 < s < 40 for s in losses) and abs(losses[0] - losses[1]) < 3.0, losses
+
+
+def test_camera_prob_shares_the_samples() -> None:
+    """About camera_prob of the non-clean samples take the camera model: told apart by their noise, which the
+    chain never puts on the LR grid unfiltered at this strength."""
+    grey = torch.full((3, 96, 96), 0.5)
+    cfg = _only(camera_prob=0.5, camera_blur_prob=0.0, camera_noise_prob=1.0, jpeg_prob_final=0.0,
+                gaussian_noise_prob=1.0, camera_noise_sigma=(8 / 255, 8 / 255), second_order_prob=0.0,
+                noise_sigma_first=(1 / 255, 2 / 255), poisson_peak_first=(20000.0, 30000.0))
+    stds = [float((degrade(grey, 4, seed, cfg) - 0.5).std()) * 255 for seed in range(200)]
+    share = np.mean([s > 5 for s in stds])
+    assert 0.4 < share < 0.6, share

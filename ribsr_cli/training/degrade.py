@@ -6,6 +6,9 @@ training, following the *structure* described in the Real-ESRGAN paper (Wang et 
 degradation: the classical blur → resize → noise → JPEG chain applied twice, with a 2-D sinc filter for
 ringing) and the BSRGAN paper (Zhang et al. 2021: random kernels, random resize modes, Gaussian noise in colour
 and grey). It is written from those descriptions; the ranges are ribsr's own (see `DegradationConfig`).
+Half of the degraded samples take a single-pass *camera model* instead (`_camera`: optics blur, sampling to
+the LR grid, sensor noise on that grid, JPEG), because a photographer's file is itself the LR: its noise sits
+at its own pixel scale, which the two-order chain, adding its first noise on the HR, rarely produces.
 
 Everything random is drawn from a numpy `Generator` on the CPU, so one seed gives the same LR bit for bit
 whatever the device doing the arithmetic (torch ops on the tensor's own device; JPEG goes through Pillow's
@@ -125,6 +128,21 @@ class DegradationConfig:
     #: x4, 40 min, same ranges and lr): degraded-Set5 validation peaked at 28.53 dB with 0.2 against 28.50
     #: with 0 (runs/ribsr-s-real-x4 vs -v3), and the clean-input scores fell less.
     clean_prob: float = 0.2
+
+    # ---- the single-pass camera model -------------------------------------------------------------------
+    #: probability that a (non-clean) sample takes the camera model instead of the two-order chain above:
+    #: optics blur → sampling to the LR grid (antialiased bicubic) → sensor noise *on the LR grid* → JPEG.
+    #: Why: a photographer's file *is* the LR, so its sensor noise sits at its own pixel scale, while the
+    #: chain's first-order noise lands on the HR and the final downscale averages most of it away (by 4 at x4).
+    camera_prob: float = 0.5
+    camera_blur_prob: float = 0.8
+    #: Gaussian optics/demosaic blur in *LR* pixels (so the same softness at every scale)
+    camera_blur_sigma_lr: tuple[float, float] = (0.1, 0.7)
+    camera_noise_prob: float = 0.9
+    #: sensor noise on the LR grid, 0..1 scale: Gaussian sigma, or Poisson photons at full white (log-uniform;
+    #: 300 ≈ 10/255 at mid-grey); the JPEG quality and probability are the final step's
+    camera_noise_sigma: tuple[float, float] = (1 / 255, 8 / 255)
+    camera_poisson_peak: tuple[float, float] = (300.0, 30000.0)
 
     def __post_init__(self) -> None:
         if len(self.kernel_probs) != len(KERNEL_KINDS) or not math.isclose(sum(self.kernel_probs), 1.0):
@@ -330,11 +348,25 @@ def _random_noise(x: torch.Tensor, sigma_range: tuple[float, float], peak_range:
     return poisson_noise(x, _log_uniform(rng, *peak_range), rng, grey)
 
 
+def _camera(x: torch.Tensor, lr_size: tuple[int, int], scale: int, rng: np.random.Generator,
+            cfg: DegradationConfig) -> torch.Tensor:
+    """The single-pass camera model (see `DegradationConfig.camera_prob`): blur, sample to LR, noise, JPEG."""
+    if rng.random() < cfg.camera_blur_prob:
+        sigma = float(rng.uniform(*cfg.camera_blur_sigma_lr)) * scale  # in HR pixels
+        x = filter2d(x, gaussian_kernel(2 * math.ceil(3 * sigma) + 1, sigma))
+    x = resize(x, lr_size, "bicubic", antialias=True)
+    if rng.random() < cfg.camera_noise_prob:
+        x = _random_noise(x, cfg.camera_noise_sigma, cfg.camera_poisson_peak, rng, cfg)
+    quality = int(rng.integers(cfg.jpeg_quality_final[0], cfg.jpeg_quality_final[1] + 1))
+    return jpeg(x, quality) if rng.random() < cfg.jpeg_prob_final else x
+
+
 def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """One HR image (C, H, W) or batch (N, C, H, W), float in [0, 1], → its degraded LR, float on 256 levels.
 
     The LR is (ceil(H/scale), ceil(W/scale)), the bicubic protocol's size. A batch shares one draw of
-    every random choice; call per image (or `degrade_batch`) for independent samples. Order of operations:
+    every random choice; call per image (or `degrade_batch`) for independent samples. With cfg.camera_prob
+    the single-pass camera model (`_camera`) runs instead; otherwise, in order:
       first order:  blur (kernel or sinc) → random resize → noise → [JPEG, only if a second order follows]
       second order (cfg.second_order_prob): blur → resize to LR size × f → noise
       final:        [resize to the LR size + optional sinc] and the last JPEG, in random order.
@@ -346,6 +378,9 @@ def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = D
         raise TypeError(f"degrade takes a float tensor in [0, 1], got {x.dtype}")
     h, w = x.shape[-2:]
     lr_size = (math.ceil(h / scale), math.ceil(w / scale))
+    if rng.random() < cfg.camera_prob:
+        x = to_uint8(_camera(x, lr_size, scale, rng, cfg)).to(hr.dtype) / 255.0
+        return x[0] if single else x
 
     x = filter2d(x, random_kernel(rng, cfg, cfg.blur_sigma_first, cfg.sinc_prob_first))
     x = _random_resize(x, (h, w), cfg.resize_probs_first, cfg.resize_range_first, rng, cfg)
