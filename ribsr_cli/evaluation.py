@@ -46,8 +46,25 @@ PUBLISHED_BICUBIC: dict[str, dict[int, float]] = {
 }
 ALIASES = {"bsd100": "B100", "bsds100": "B100"} | {k.lower(): k for k in PUBLISHED_BICUBIC}
 # How LR is made: "none" = the protocol (official files where shipped), "bicubic" = always ribsr's bicubic,
-# "real" = degrade_for_eval's fixed camera-like recipe, which no published table uses.
+# "real" = degrade_for_eval's fixed camera-like recipe, which no published table uses ("real:blur=..,noise=..,
+# jpeg=.." another point of it, `training.degrade.EvalRecipe`).
 DEGRADE_MODES = ("none", "bicubic", "real")
+
+
+def degrade_kind(degrade: str) -> str:
+    """"none", "bicubic" or "real" (for "real" and every "real:..." recipe); EvalError for anything else,
+    including a malformed recipe, so the message reaches the user before any image is read."""
+    if degrade in ("none", "bicubic"):
+        return degrade
+    if degrade.partition(":")[0] == "real":
+        from ribsr_cli.training.degrade import EvalRecipe  # torch: only when asked for
+
+        try:
+            EvalRecipe.parse(degrade)
+        except ValueError as exc:
+            raise EvalError(f"--degrade {degrade}: {exc}") from None
+        return "real"
+    raise EvalError(f"--degrade {degrade}: unknown; choose none, bicubic, real or real:blur=S,noise=N,jpeg=Q")
 # Papers round to 0.01 dB and differ among themselves by about that much; more means a different protocol or data.
 PUBLISHED_TOLERANCE_DB = 0.02
 
@@ -138,17 +155,17 @@ def load_pair(
     """(lr, mod-cropped hr, lr came from an official file) for one image at one scale.
 
     `degrade` (see DEGRADE_MODES): "none" official LR where present, else bicubic; "bicubic" always ribsr's
-    bicubic; "real" the fixed real-photo recipe `training.degrade.degrade_for_eval` (blur, bicubic, noise, JPEG).
+    bicubic; "real" the fixed real-photo recipe `training.degrade.degrade_for_eval` (blur, bicubic, noise, JPEG),
+    "real:blur=S,noise=N,jpeg=Q" another point of it.
     """
-    if degrade not in DEGRADE_MODES:
-        raise EvalError(f"unknown degradation {degrade!r}: choose {', '.join(DEGRADE_MODES)}")
+    kind = degrade_kind(degrade)
     hr = modcrop(load_image(hr_file), scale)
     if hr.shape[0] < scale or hr.shape[1] < scale:
         raise EvalError(f"{hr_file}: image smaller than the scale x{scale}")
-    if degrade == "real":
-        from ribsr_cli.training.degrade import degrade_for_eval  # torch: only when asked for
+    if kind == "real":
+        from ribsr_cli.training.degrade import EvalRecipe, degrade_for_eval  # torch: only when asked for
 
-        return degrade_for_eval(hr, scale), hr, False
+        return degrade_for_eval(hr, scale, EvalRecipe.parse(degrade)), hr, False
     lr_file = dataset.official_lr(hr_file, scale) if use_official_lr and degrade == "none" else None
     if lr_file is None:
         return bicubic_degrade(hr, scale), hr, False
@@ -321,7 +338,7 @@ def evaluate(
                 warnings.append(f"{ds.name} x{scale}: only {used} of {len(ds.hr_files)} official LR files found; "
                                 "the rest were made by ribsr's bicubic_degrade")
             results.extend(block.values())
-            if test_y and border == scale and degrade != "real":
+            if test_y and border == scale and degrade_kind(degrade) != "real":
                 warning = check_published(block[BICUBIC])
                 if warning:
                     warnings.append(warning)

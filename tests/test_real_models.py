@@ -266,9 +266,33 @@ def test_eval_degrade_real_equals_an_independent_computation(where: str, tmp_pat
 
 def test_eval_degrade_rejects_unknown_modes_and_conflicts(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(EXAMPLES), "--no-model", "--degrade", "jpeg"])
-    assert result.exit_code == 2 and "none, bicubic or real" in result.output
+    assert result.exit_code == 2 and "choose none, bicubic, real or real:" in result.output
     result = runner.invoke(app, ["eval", str(EXAMPLES), "--no-model", "--degrade", "real", "--ignore-lr"])
     assert result.exit_code == 2 and "exclude" in result.output
+    for bad in ("real:blur=x", "real:sharpen=2", "real:jpeg=80.5", "real:noise=-1"):
+        result = runner.invoke(app, ["eval", str(EXAMPLES), "--no-model", "--degrade", bad])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and bad in lines[0], (bad, result.output)
+
+
+def test_other_recipes_of_the_real_family(tmp_path: Path) -> None:
+    """`--degrade real:blur=S,noise=N,jpeg=Q`: zeros reduce it to the bicubic protocol exactly, the official
+    values are `real` itself, and another point changes the input and is named in the protocol record."""
+    from ribsr_cli.training.degrade import OFFICIAL_RECIPE, EvalRecipe
+
+    photo = modcrop(_photo_crop(96), 4)
+    nothing = EvalRecipe.parse("real:blur=0,noise=0,jpeg=0")
+    assert np.array_equal(degrade_for_eval(photo, 4, nothing), imresize_np(photo, 1 / 4))
+    assert EvalRecipe.parse("real:blur=0.8,noise=4,jpeg=80") == OFFICIAL_RECIPE and OFFICIAL_RECIPE.name == "real"
+    other = EvalRecipe.parse("real:jpeg=95")
+    assert (other.blur, other.noise, other.jpeg) == (0.8, 4.0, 95) and other.name == "real:blur=0.8,noise=4,jpeg=95"
+    assert not np.array_equal(degrade_for_eval(photo, 4, other), degrade_for_eval(photo, 4))
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["eval", str(EXAMPLES), "-s", "4", "--no-model", "-q", "--degrade", "real:jpeg=95",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert "quality 95" in record["protocol"]["degradation"] and record["protocol"]["degrade"] == "real:jpeg=95"
 
 
 # ---- export: degraded scores in the manifest and README table --------------------------------------------

@@ -82,20 +82,28 @@ _BICUBIC_TEXT = ("MATLAB-compatible imresize(HR, 1/scale): bicubic a=-0.5, antia
 
 def degradation_text(mode: str) -> str:
     """How the LR was made, for the protocol record; the real recipe's numbers come from its one definition."""
-    if mode != "real":
-        return _BICUBIC_TEXT
-    from ribsr_cli.training.degrade import EVAL_BLUR_SIGMA, EVAL_JPEG_QUALITY, EVAL_NOISE_SIGMA
+    from ribsr_cli.evaluation import degrade_kind
 
-    return (f"ribsr_cli.training.degrade.degrade_for_eval: Gaussian blur sigma {EVAL_BLUR_SIGMA:g} HR px (7x7, "
-            f"reflect) rounded to uint8; then {_BICUBIC_TEXT}; then Gaussian colour noise sigma "
-            f"{EVAL_NOISE_SIGMA * 255:g}/255 (numpy PCG64 seeded from the HR bytes, shape and scale) rounded to "
-            f"uint8; then Pillow JPEG quality {EVAL_JPEG_QUALITY}, 4:2:0, decoded")
-DEGRADE_TITLES = {"none": "", "bicubic": " (LR: ribsr bicubic)", "real": " (degraded input: --degrade real)"}
+    if degrade_kind(mode) != "real":
+        return _BICUBIC_TEXT
+    from ribsr_cli.training.degrade import EvalRecipe
+
+    recipe = EvalRecipe.parse(mode)
+    return (f"ribsr_cli.training.degrade.degrade_for_eval ({recipe.name}): "
+            f"{recipe.describe().replace('MATLAB-exact bicubic 1/scale', _BICUBIC_TEXT)}")
+DEGRADE_TITLES = {"none": "", "bicubic": " (LR: ribsr bicubic)", "real": " (degraded input: --degrade {mode})"}
+
+
+def degrade_title(mode: str) -> str:
+    """The table title's note on how the LR was made."""
+    from ribsr_cli.evaluation import degrade_kind
+
+    return DEGRADE_TITLES[degrade_kind(mode)].format(mode=mode)
 
 
 def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
     """Every choice that changes the numbers, for the JSON file."""
-    from ribsr_cli.evaluation import PUBLISHED_TOLERANCE_DB
+    from ribsr_cli.evaluation import PUBLISHED_TOLERANCE_DB, degrade_kind
     from ribsr_cli.imaging.metrics import DATA_RANGE, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
 
     return {
@@ -103,7 +111,7 @@ def protocol(args: dict, report_lr: dict[str, int], methods: list[str]) -> dict:
         "scales": args["scales"],
         "methods": methods,
         "hr": "mod-cropped to a multiple of the scale (bottom/right)",
-        "lr_source": LR_SOURCES[args["degrade"]],
+        "lr_source": LR_SOURCES[degrade_kind(args["degrade"])],
         "lr_official_files": report_lr,
         "degrade": args["degrade"],
         "degradation": degradation_text(args["degrade"]),
@@ -159,6 +167,8 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
     from rich.console import Console
     from rich.table import Table
 
+    from ribsr_cli.evaluation import degrade_kind
+
     from ribsr_cli.evaluation import BICUBIC, published_bicubic
 
     # No vertical rules or outer padding: nine columns fit an 80-column terminal.
@@ -168,7 +178,7 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
     if not console.is_terminal:  # piped or captured: don't squeeze numbers into 80 columns
         console = Console(width=160)
     caption = f"tiled (out of memory whole): {'; '.join(tiled)}" if tiled else "whole images, no tiling"
-    table = Table(title=f"ribsr eval{DEGRADE_TITLES[degrade]}", caption=caption, **compact)
+    table = Table(title=f"ribsr eval{degrade_title(degrade)}", caption=caption, **compact)
     for name, justify in [("Dataset", "left"), ("Scale", "right"), ("Method", "left"), (f"PSNR-{chan}", "right"),
                           (f"SSIM-{chan}", "right"), ("Δ PSNR", "right"), ("Published", "right"),
                           ("Images", "right"), ("Seconds", "right")]:
@@ -178,7 +188,7 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
         base = bicubic.get((r.dataset, r.scale))
         is_base = r.method == BICUBIC
         delta = "" if is_base or base is None else f"{r.psnr - base.psnr:+.3f}"
-        ref = published_bicubic(r.dataset, r.scale) if is_base and not rgb and degrade != "real" else None
+        ref = published_bicubic(r.dataset, r.scale) if is_base and not rgb and degrade_kind(degrade) != "real" else None
         table.add_row(r.dataset, f"x{r.scale}", r.method, _fmt(r.psnr, 3), _fmt(r.ssim, 4), delta,
                       "" if ref is None else f"{ref:.2f}", str(r.images), f"{r.seconds:.2f}")
     console.print(table)
@@ -232,10 +242,11 @@ def command(
     rgb: bool = typer.Option(False, "--rgb", help="Score RGB channels instead of Y (not the published protocol)."),
     crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, metavar="PX",
                                                  help="Border pixels ignored; default: the scale."),
-    degrade: str = typer.Option("none", "--degrade", metavar="none|bicubic|real",
+    degrade: str = typer.Option("none", "--degrade", metavar="none|bicubic|real[:blur=S,noise=N,jpeg=Q]",
                                 help="How LR is made from each HR image: none (official LR files where present), "
                                      "bicubic (ribsr's bicubic even where official files exist), real (blur σ 0.8, "
-                                     "bicubic, noise σ 4/255, JPEG 80: camera-like input, for model and bicubic)."),
+                                     "bicubic, noise σ 4/255, JPEG 80: camera-like input, for model and bicubic); "
+                                     "real:blur=1.2,noise=2,jpeg=90 sets other values (0 skips a step)."),
     ignore_lr: bool = typer.Option(False, "--ignore-lr", help="Same as --degrade bicubic."),
     denoise: Optional[float] = typer.Option(None, "--denoise", metavar="S",
                                             help="Mix the scale's shipped clean and real models: 0 = clean, "
@@ -249,15 +260,14 @@ def command(
     """
     from ribsr_cli import __version__
     from ribsr_cli.commands.options import parse_tile
-    from ribsr_cli.evaluation import EvalError, check_pairs, discover_dataset, evaluate
+    from ribsr_cli.evaluation import EvalError, check_pairs, degrade_kind, discover_dataset, evaluate
 
     if quiet and verbose:
         raise UsageError("choose one of -q and -v")
     degrade = degrade.lower()
-    if degrade not in LR_SOURCES:
-        raise UsageError(f"unknown --degrade {degrade!r}: choose none, bicubic or real")
+    kind = degrade_kind(degrade)  # a malformed recipe is a one-line usage error here
     if ignore_lr:
-        if degrade == "real":
+        if kind == "real":
             raise UsageError("--ignore-lr (bicubic LR) and --degrade real exclude each other")
         degrade = "bicubic"
     if denoise is not None and no_model:

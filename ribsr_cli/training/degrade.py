@@ -445,6 +445,58 @@ EVAL_NOISE_SIGMA = 4 / 255
 EVAL_JPEG_QUALITY = 80
 
 
+@dataclass(frozen=True)
+class EvalRecipe:
+    """The parameters of `degrade_for_eval`: `--degrade real` is the official one (the EVAL_* constants);
+    `--degrade real:blur=1.2,noise=2,jpeg=90` scores another point of the camera-like family, so a model can
+    be checked off the recipe it was chosen on. blur: Gaussian sigma in HR px (0 = none); noise: Gaussian
+    colour sigma in 8-bit levels (0 = none); jpeg: quality 1-100 (0 = no JPEG)."""
+
+    blur: float = EVAL_BLUR_SIGMA
+    noise: float = EVAL_NOISE_SIGMA * 255
+    jpeg: int = EVAL_JPEG_QUALITY
+
+    @classmethod
+    def parse(cls, mode: str) -> "EvalRecipe":
+        """`real` or `real:key=value,...` (keys blur, noise, jpeg; the others keep the official values)."""
+        kind, _, spec = mode.partition(":")
+        if kind.lower() != "real":
+            raise ValueError(f"{mode!r} is not a real-photo recipe (real or real:blur=S,noise=N,jpeg=Q)")
+        values: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            key, eq, text = item.partition("=")
+            if not eq or key not in ("blur", "noise", "jpeg"):
+                raise ValueError(f"{item!r}: give blur=SIGMA, noise=LEVELS or jpeg=QUALITY")
+            try:
+                values[key] = float(text)
+            except ValueError:
+                raise ValueError(f"{item!r}: {text!r} is not a number") from None
+        recipe = cls(**{k: (int(v) if k == "jpeg" else v) for k, v in values.items()})
+        if not (0 <= recipe.blur <= 5 and 0 <= recipe.noise <= 50 and 0 <= recipe.jpeg <= 100
+                and values.get("jpeg", 0) == int(values.get("jpeg", 0))):
+            raise ValueError(f"{mode!r}: blur 0-5 HR px, noise 0-50 levels, jpeg an integer 0-100 (0 = none)")
+        return recipe
+
+    @property
+    def name(self) -> str:
+        """The `--degrade` spelling that reproduces this recipe ("real" for the official one)."""
+        if self == OFFICIAL_RECIPE:
+            return "real"
+        return f"real:blur={self.blur:g},noise={self.noise:g},jpeg={self.jpeg}"
+
+    def describe(self) -> str:
+        """The steps in words, for `ribsr eval`'s protocol record."""
+        blur = (f"Gaussian blur sigma {self.blur:g} HR px (taps to 3 sigma, reflect), rounded to uint8"
+                if self.blur else "no blur")
+        noise = (f"Gaussian colour noise sigma {self.noise:g}/255 (numpy PCG64 seeded from the HR bytes, shape "
+                 "and scale) rounded to uint8" if self.noise else "no noise")
+        jpeg = f"Pillow JPEG quality {self.jpeg}, 4:2:0, decoded" if self.jpeg else "no JPEG"
+        return f"{blur}; then MATLAB-exact bicubic 1/scale; then {noise}; then {jpeg}"
+
+
+OFFICIAL_RECIPE = EvalRecipe()
+
+
 def _eval_seed(hr: np.ndarray, scale: int) -> int:
     """A seed from the image's bytes, shape and scale: the same image always gets the same noise."""
     digest = hashlib.sha256(f"ribsr-eval-degrade|{hr.shape}|{scale}|".encode() + hr.tobytes()).digest()
@@ -471,8 +523,9 @@ def _separable_blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
     return img
 
 
-def degrade_for_eval(hr_uint8: np.ndarray, scale: int) -> np.ndarray:
+def degrade_for_eval(hr_uint8: np.ndarray, scale: int, recipe: EvalRecipe = OFFICIAL_RECIPE) -> np.ndarray:
     """The documented real-photo recipe: HR (H, W[, C]) uint8 → LR uint8 of the bicubic protocol's size.
+    (The official values are below; `recipe` may set others, and a zero skips its step.)
 
     1. mod-crop the HR to a multiple of `scale` (as the bicubic protocol does);
     2. Gaussian blur, sigma EVAL_BLUR_SIGMA = 0.8 HR px (7x7 taps, reflect borders), rounded to uint8;
@@ -488,9 +541,12 @@ def degrade_for_eval(hr_uint8: np.ndarray, scale: int) -> np.ndarray:
         raise ValueError(f"degrade_for_eval takes an HxW or HxWxC uint8 image, got {hr_uint8.dtype} {hr_uint8.shape}")
     hr = np.ascontiguousarray(modcrop(hr_uint8, scale))
     work = hr[..., None] if hr.ndim == 2 else hr
-    blurred = _separable_blur_np(work.astype(np.float64), EVAL_BLUR_SIGMA)
-    lr = imresize_np(round_to_levels(blurred), 1.0 / scale)
-    rng = np.random.default_rng(_eval_seed(hr, scale))
-    noisy = lr.astype(np.float64) + rng.standard_normal(lr.shape) * (EVAL_NOISE_SIGMA * 255)
-    out = jpeg_round_trip(round_to_levels(noisy), EVAL_JPEG_QUALITY)
+    if recipe.blur:
+        work = round_to_levels(_separable_blur_np(work.astype(np.float64), recipe.blur))
+    out = imresize_np(work, 1.0 / scale)
+    if recipe.noise:
+        rng = np.random.default_rng(_eval_seed(hr, scale))
+        out = round_to_levels(out.astype(np.float64) + rng.standard_normal(out.shape) * recipe.noise)
+    if recipe.jpeg:
+        out = jpeg_round_trip(out, recipe.jpeg)
     return out.copy() if hr_uint8.ndim == 3 else out.reshape(out.shape[:2]).copy()
