@@ -162,10 +162,16 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
     }
     if init_from:
         entry["training"]["init_from"] = init_from
-    if "val_psnr_y" in prov:  # chosen by validation: say on what, so the Set5 rows can be read with that in mind
-        entry["training"]["selected"] = (f"best validation EMA, step {prov.get('steps')}: "
-                                         f"{prov['val_psnr_y']} dB PSNR-Y on {prov.get('val_set', '?')}"
-                                         f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
+    on = (f"{prov.get('val_psnr_y')} dB PSNR-Y on {prov.get('val_set', '?')}"
+          f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
+    if prov.get("soup_of"):  # scripts/soup.py: the average of several runs' best EMAs
+        runs = [i["run"] for i in prov["soup_of"]]
+        entry["training"]["soup_of"] = prov["soup_of"]
+        entry["training"]["selected"] = f"uniform average (model soup) of the best EMAs of {', '.join(runs)}: {on}"
+        entry["training"]["reproduce"] = (f"scripts/train_real.sh, then scripts/soup.py runs/{' runs/'.join(runs)} "
+                                          f"--out runs/{run.name}")
+    elif "val_psnr_y" in prov:  # chosen by validation: say on what, so the Set5 rows can be read with that in mind
+        entry["training"]["selected"] = f"best validation EMA, step {prov.get('steps')}: {on}"
     models = [m for m in manifest() if m["name"] != name]
     if default:
         for m in models:
