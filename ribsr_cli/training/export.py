@@ -219,6 +219,8 @@ def models_table(models: list[dict]) -> str:
         steps = f"{t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']}"
         if t.get("init_from"):
             steps += f", fine-tuned from `{t['init_from']}`"
+        if t.get("soup_of"):
+            steps += f" (the average of {len(t['soup_of'])} runs, `scripts/soup.py`)"
         label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")
         rows.append(f"| {label} | ×{m['scale']} "
                     f"| {m['params'] / 1e6:.2f} M | {' | '.join(cells)} | {m['cpu_seconds_per_input_mp']:.2f} "
