@@ -39,7 +39,9 @@ stage() {  # name scale total-minutes peak-lr warmup init
 # lr 4e-4), -v2 (0.3.0: 45 min, final EMA shipped), -v3 (no clean share), -v4 (0.4.0, shipped then: x2 32.194 dB
 # at step 2250, x4 28.533 at 2750), and the ribsr-s6 experiments (runs/ribsr-s6-*-exp: six blocks grown exactly
 # from ribsr-s tracked the three-block runs within 0.005 dB for 2,500 steps; grown from the camera-model x4 best
-# and trained 12 more minutes at lr 1e-4, they stayed below it, 28.621 vs 28.631 dB).
+# and trained 12 more minutes at lr 1e-4, they stayed below it, 28.621 vs 28.631 dB). runs/ribsr-s-real-x{2,4}-seed1
+# are second camera-model runs (--seed 1, 30 min): three-way soups with them scored within 0.01 dB of the shipped
+# two-way soups across the four recipes of scripts/real_photo_recipes.py, so they are kept as ingredients only.
 if [[ $ONLY == all || $ONLY == x4 ]]; then
   stage ribsr-s-real-x4 4 "${X4_MINUTES:-40}" 2e-4 200 weights/ribsr-s-x4.safetensors
 fi
