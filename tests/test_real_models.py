@@ -269,7 +269,7 @@ def test_eval_degrade_rejects_unknown_modes_and_conflicts(tmp_path: Path) -> Non
     assert result.exit_code == 2 and "choose none, bicubic, real or real:" in result.output
     result = runner.invoke(app, ["eval", str(EXAMPLES), "--no-model", "--degrade", "real", "--ignore-lr"])
     assert result.exit_code == 2 and "exclude" in result.output
-    for bad in ("real:blur=x", "real:sharpen=2", "real:jpeg=80.5", "real:noise=-1"):
+    for bad in ("real:blur=x", "real:sharpen=2", "real:jpeg=80.5", "real:noise=-1", "real:jpeg=inf"):
         result = runner.invoke(app, ["eval", str(EXAMPLES), "--no-model", "--degrade", bad])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and bad in lines[0], (bad, result.output)

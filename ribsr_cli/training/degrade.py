@@ -471,11 +471,12 @@ class EvalRecipe:
                 values[key] = float(text)
             except ValueError:
                 raise ValueError(f"{item!r}: {text!r} is not a number") from None
-        recipe = cls(**{k: (int(v) if k == "jpeg" else v) for k, v in values.items()})
-        if not (0 <= recipe.blur <= 5 and 0 <= recipe.noise <= 50 and 0 <= recipe.jpeg <= 100
-                and values.get("jpeg", 0) == int(values.get("jpeg", 0))):
+        # checked as floats first: int() of an infinite or NaN quality would raise a bare OverflowError/ValueError
+        jpeg = values.get("jpeg", EVAL_JPEG_QUALITY)
+        if not (0 <= values.get("blur", 0) <= 5 and 0 <= values.get("noise", 0) <= 50 and 0 <= jpeg <= 100
+                and jpeg == int(jpeg)):
             raise ValueError(f"{mode!r}: blur 0-5 HR px, noise 0-50 levels, jpeg an integer 0-100 (0 = none)")
-        return recipe
+        return cls(**{k: (int(v) if k == "jpeg" else v) for k, v in values.items()})
 
     @property
     def name(self) -> str:
