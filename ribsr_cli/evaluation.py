@@ -47,8 +47,13 @@ PUBLISHED_BICUBIC: dict[str, dict[int, float]] = {
 ALIASES = {"bsd100": "B100", "bsds100": "B100"} | {k.lower(): k for k in PUBLISHED_BICUBIC}
 # How LR is made: "none" = the protocol (official files where shipped), "bicubic" = always ribsr's bicubic,
 # "real" = degrade_for_eval's fixed camera-like recipe, which no published table uses ("real:blur=..,noise=..,
-# jpeg=.." another point of it, `training.degrade.EvalRecipe`).
-DEGRADE_MODES = ("none", "bicubic", "real")
+# jpeg=.." another point of it, `training.degrade.EvalRecipe`); `degrade_kind` tells them apart.
+# Papers round to 0.01 dB and differ among themselves by about that much; more means a different protocol or data.
+PUBLISHED_TOLERANCE_DB = 0.02
+
+
+class EvalError(errors.UsageError):
+    """A problem with the datasets or arguments, reported as one line (exit code 2 in the CLI)."""
 
 
 def degrade_kind(degrade: str) -> str:
@@ -65,12 +70,6 @@ def degrade_kind(degrade: str) -> str:
             raise EvalError(f"--degrade {degrade}: {exc}") from None
         return "real"
     raise EvalError(f"--degrade {degrade}: unknown; choose none, bicubic, real or real:blur=S,noise=N,jpeg=Q")
-# Papers round to 0.01 dB and differ among themselves by about that much; more means a different protocol or data.
-PUBLISHED_TOLERANCE_DB = 0.02
-
-
-class EvalError(errors.UsageError):
-    """A problem with the datasets or arguments, reported as one line (exit code 2 in the CLI)."""
 
 
 def canonical_name(name: str) -> str | None:
@@ -154,7 +153,7 @@ def load_pair(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(lr, mod-cropped hr, lr came from an official file) for one image at one scale.
 
-    `degrade` (see DEGRADE_MODES): "none" official LR where present, else bicubic; "bicubic" always ribsr's
+    `degrade` (see `degrade_kind`): "none" official LR where present, else bicubic; "bicubic" always ribsr's
     bicubic; "real" the fixed real-photo recipe `training.degrade.degrade_for_eval` (blur, bicubic, noise, JPEG),
     "real:blur=S,noise=N,jpeg=Q" another point of it.
     """

@@ -89,8 +89,9 @@ def degradation_text(mode: str) -> str:
     from ribsr_cli.training.degrade import EvalRecipe
 
     recipe = EvalRecipe.parse(mode)
-    return (f"ribsr_cli.training.degrade.degrade_for_eval ({recipe.name}): "
-            f"{recipe.describe().replace('MATLAB-exact bicubic 1/scale', _BICUBIC_TEXT)}")
+    return f"ribsr_cli.training.degrade.degrade_for_eval ({recipe.name}): {recipe.describe(_BICUBIC_TEXT)}"
+
+
 DEGRADE_TITLES = {"none": "", "bicubic": " (LR: ribsr bicubic)", "real": " (degraded input: --degrade {mode})"}
 
 
@@ -167,9 +168,7 @@ def _print_tables(results, rgb: bool, per_image: bool, tiled: list[str] | None =
     from rich.console import Console
     from rich.table import Table
 
-    from ribsr_cli.evaluation import degrade_kind
-
-    from ribsr_cli.evaluation import BICUBIC, published_bicubic
+    from ribsr_cli.evaluation import BICUBIC, degrade_kind, published_bicubic
 
     # No vertical rules or outer padding: nine columns fit an 80-column terminal.
     compact = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True, "show_edge": False}

@@ -11,8 +11,9 @@ interpolation"), so one number picks how much damage is removed:
 computed in float64 and cast back, so S = 0 and S = 1 give the two shipped weight sets bit for bit (1·x + 0·y
 is exactly x). A real model may be deeper than its clean partner (ribsr-s6 grown from ribsr-s, `engine.grow`):
 the clean end of the line is then the clean weights grown to that depth, whose extra blocks are identities, so
-S = 0 still upscales exactly as the clean model does. Both files are sha256-checked before mixing, and the mix is named `<clean>+real@S` with both
-hashes (`LoadedModel.sha256` = "<clean sha256>+<real sha256>", `LoadedModel.components`).
+S = 0 still upscales exactly as the clean model does. Both files are sha256-checked before mixing, and the mix
+is named `<clean>+real@S` with both hashes (`LoadedModel.sha256` = "<clean sha256>+<real sha256>",
+`LoadedModel.components`).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def load_denoised(clean_entry: ModelEntry, real_entry: ModelEntry, strength: flo
                                                    "(beyond extra blocks); they cannot be interpolated")
         # a deeper real model: the clean weights grown to its depth compute exactly the clean model
         clean_state = grow_state(clean_state, clean.config, real.config)
-    net = real.network if clean.config != real.config else clean.network
+    net = real.network  # the real model's architecture: the clean one's, or deeper
     with torch.no_grad():
         net.load_state_dict(interpolate_state(clean_state, real.network.state_dict(), strength))
     components = ({"name": clean_entry.name, "sha256": clean_entry.sha256, "weight": 1.0 - strength},

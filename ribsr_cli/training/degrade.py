@@ -485,14 +485,14 @@ class EvalRecipe:
             return "real"
         return f"real:blur={self.blur:g},noise={self.noise:g},jpeg={self.jpeg}"
 
-    def describe(self) -> str:
-        """The steps in words, for `ribsr eval`'s protocol record."""
+    def describe(self, downscale: str = "MATLAB-exact bicubic 1/scale") -> str:
+        """The steps in words, for `ribsr eval`'s protocol record (`downscale`: how that step is worded)."""
         blur = (f"Gaussian blur sigma {self.blur:g} HR px (taps to 3 sigma, reflect), rounded to uint8"
                 if self.blur else "no blur")
         noise = (f"Gaussian colour noise sigma {self.noise:g}/255 (numpy PCG64 seeded from the HR bytes, shape "
                  "and scale) rounded to uint8" if self.noise else "no noise")
         jpeg = f"Pillow JPEG quality {self.jpeg}, 4:2:0, decoded" if self.jpeg else "no JPEG"
-        return f"{blur}; then MATLAB-exact bicubic 1/scale; then {noise}; then {jpeg}"
+        return f"{blur}; then {downscale}; then {noise}; then {jpeg}"
 
 
 OFFICIAL_RECIPE = EvalRecipe()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ribsr_cli.engine.checkpoint import load_model, save_model
+from ribsr_cli.engine.runtime import cpu_model_name
 from ribsr_cli.catalog import manifest, source_weights_dir, weights_dir
 from ribsr_cli.errors import RibsrError
 from ribsr_cli.fileutil import atomic_write_text, sha256_file
@@ -101,8 +102,6 @@ def _run_config(run: Path) -> dict:
 
 def _hardware(config: dict) -> str:
     """What the run trained on, for the manifest: the CPU's model name and the run's thread count."""
-    from ribsr_cli.engine.runtime import cpu_model_name
-
     threads = int(config.get("threads") or 1)
     return f"{cpu_model_name()} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
