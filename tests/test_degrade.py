@@ -335,3 +335,24 @@ def test_camera_prob_shares_the_samples() -> None:
     stds = [float((degrade(grey, 4, seed, cfg) - 0.5).std()) * 255 for seed in range(200)]
     share = np.mean([s > 5 for s in stds])
     assert 0.4 < share < 0.6, share
+
+
+def test_degradation_config_overrides_are_checked_field_by_field() -> None:
+    """`degradation_config`: named fields replace the defaults (lists become tuples of the field's type);
+    unknown names, probabilities outside [0, 1], reversed ranges and wrong shapes are ValueErrors."""
+    from ribsr_cli.training.degrade import DEFAULT_CONFIG, degradation_config
+
+    assert degradation_config(None) is DEFAULT_CONFIG and degradation_config({}) is DEFAULT_CONFIG
+    cfg = degradation_config({"camera_prob": 1, "jpeg_quality_final": [70.0, 90], "camera_blur_sigma_lr": [0, 1]})
+    assert cfg.camera_prob == 1.0 and isinstance(cfg.camera_prob, float)
+    assert cfg.jpeg_quality_final == (70, 90) and all(isinstance(q, int) for q in cfg.jpeg_quality_final)
+    assert cfg.camera_blur_sigma_lr == (0.0, 1.0) and cfg.clean_prob == DEFAULT_CONFIG.clean_prob
+    for bad, message in [({"camera_prb": 1}, "unknown degradation setting"),
+                         ({"clean_prob": 1.5}, "clean_prob must be a probability"),
+                         ({"camera_noise_sigma": [0.03, 0.01]}, "must be a range"),
+                         ({"camera_noise_sigma": [0.01]}, "give a list of 2 numbers"),
+                         ({"camera_prob": "high"}, "give a number"),
+                         ({"camera_prob": True}, "give a number"),
+                         ({"resize_probs_first": [0.5, 0.5, 0.5]}, "must sum to 1")]:
+        with pytest.raises(ValueError, match=message):
+            degradation_config(bad)

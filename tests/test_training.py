@@ -195,3 +195,51 @@ def test_val_default_is_the_shared_folder_found_when_the_command_runs(tmp_path: 
     monkeypatch.delenv("RIBSR_SHARED")
     CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run")])
     assert Path(seen[1]) == REPO.parent / "shared" / "benchmarks" / "Set5"
+
+
+def test_degradation_config_file_changes_the_lr_and_travels_with_the_run(tmp_path: Path, pool: Path) -> None:
+    """`--degradation-config`: the named fields replace the defaults in the batches, config.json records them,
+    a plain resume keeps them, and other settings on resume or a typo are refused with one line."""
+    import json
+
+    import numpy as np
+
+    from ribsr_cli.imaging.resize import imresize
+    from ribsr_cli.training.batches import make_batch
+    from ribsr_cli.training.degrade import degradation_config
+    from ribsr_cli.training.pool import HRPool
+
+    hr_pool = HRPool(pool)
+    all_clean = degradation_config({"clean_prob": 1.0})
+    lr, hr = make_batch(hr_pool, np.random.default_rng(3), 2, 24, 2, "real", all_clean)
+    bicubic = imresize((hr * 255).round().to(torch.uint8), 0.5).float() / 255  # clean_prob 1: the benchmark LR
+    torch.testing.assert_close(lr, bicubic, atol=0, rtol=0)
+    default_lr, _ = make_batch(hr_pool, np.random.default_rng(3), 2, 24, 2, "real")
+    assert not torch.equal(default_lr, lr)
+
+    settings = tmp_path / "camera.json"
+    settings.write_text(json.dumps({"camera_prob": 1.0, "camera_noise_sigma": [2, 3]}))
+    run = tmp_path / "run"
+    base = ["train", "--degradation", "real", "--out", str(run), "--data", str(pool), "--val", "", "--steps", "4",
+            "--warmup", "1", "--patch", "24", "--batch", "2", "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors")]
+    runner = CliRunner()
+    first = runner.invoke(app, base + ["--degradation-config", str(settings)])
+    assert first.exit_code == 0, first.output
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["degradation_overrides"] == {"camera_prob": 1.0, "camera_noise_sigma": [2, 3]}
+    assert recorded["extra"]["degradation_config"]["camera_prob"] == 1.0
+    assert recorded["extra"]["degradation_config"]["camera_noise_sigma"] == [2.0, 3.0]
+
+    resumed = runner.invoke(app, [a if a != "4" else "6" for a in base])  # no file: the run's own settings
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads((run / "config.json").read_text())
+    assert again["degradation_overrides"] == recorded["degradation_overrides"]
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 6
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"camera_prob": 0.2}))
+    refused = runner.invoke(app, base + ["--degradation-config", str(other)])
+    assert refused.exit_code == 2 and "other degradation settings" in refused.output
+    other.write_text(json.dumps({"camera_prb": 0.2}))
+    typo = runner.invoke(app, base + ["--degradation-config", str(other), "--restart"])
+    assert typo.exit_code == 2 and "unknown degradation setting 'camera_prb'" in typo.output

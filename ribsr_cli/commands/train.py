@@ -36,21 +36,34 @@ def command(
         "bicubic", "--degradation",
         help="How LR patches are made: bicubic (the benchmark convention) or real (random camera-like blur, "
              "resize, noise and JPEG; validation then scores the fixed `eval --degrade real` recipe)."),
+    degradation_file: Optional[Path] = typer.Option(
+        None, "--degradation-config",
+        help="With --degradation real: a JSON object of DegradationConfig fields to change from their defaults "
+             "(e.g. {\"camera_prob\": 0.75}); recorded in the run, kept on resume."),
 ) -> None:
     from ribsr_cli.errors import RibsrError, UsageError
-    from ribsr_cli.training.degrade import DEGRADATIONS
+    from ribsr_cli.training.degrade import DEGRADATIONS, read_degradation_overrides
     from ribsr_cli.training.config import TrainConfig
     from ribsr_cli.training.stopping import TrainingInterrupted
     from ribsr_cli.training.trainer import train
 
     if degradation not in DEGRADATIONS:
         raise UsageError(f"--degradation {degradation}", f"choose {' or '.join(DEGRADATIONS)}")
+    overrides = {}
+    if degradation_file is not None:
+        if degradation != "real":
+            raise UsageError(f"--degradation-config {degradation_file}", "needs --degradation real")
+        try:
+            overrides = read_degradation_overrides(degradation_file)
+        except ValueError as exc:
+            raise UsageError(f"--degradation-config {degradation_file}", str(exc)) from None
 
     cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
                       val_dir=val_dir,
                       patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
                       max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
-                      seed=seed, init_from=str(init_from or ""), degradation=degradation)
+                      seed=seed, init_from=str(init_from or ""), degradation=degradation,
+                      degradation_overrides=overrides)
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
     except RibsrError:  # a checkpoint, manifest ... error already carries its path and exit status

@@ -7,10 +7,15 @@ levels, as a file would hold them. Every random choice comes from the one numpy 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ribsr_cli.training.pool import HRPool
+
+if TYPE_CHECKING:
+    from ribsr_cli.training.degrade import DegradationConfig
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -21,15 +26,20 @@ def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, scale: int,
-               degradation: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
+               degradation: str = "bicubic", ranges: "DegradationConfig | None" = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(lr, hr) float batches in [0, 1]; LR = MATLAB bicubic of the uint8 HR crop, rounded to uint8, or with
-    degradation "real" the seeded camera-like pipeline of training.degrade, also stored on uint8 levels."""
+    degradation "real" the seeded camera-like pipeline of training.degrade (with `ranges`, else its
+    defaults), also stored on uint8 levels."""
     from ribsr_cli.imaging.resize import imresize
-    from ribsr_cli.training.degrade import DEGRADATIONS, degrade_batch
+    from ribsr_cli.training.degrade import DEFAULT_CONFIG, DEGRADATIONS, degrade_batch
 
     if degradation not in DEGRADATIONS:
         raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
     crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale), rng)) for _ in range(batch)]
     hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # uint8 (B,3,H,W)
-    lr = degrade_batch(hr, scale, rng) if degradation == "real" else imresize(hr, 1.0 / scale)
+    if degradation == "real":
+        lr = degrade_batch(hr, scale, rng, ranges or DEFAULT_CONFIG)
+    else:
+        lr = imresize(hr, 1.0 / scale)
     return lr.float() / 255.0, hr.float() / 255.0

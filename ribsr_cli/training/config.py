@@ -43,6 +43,9 @@ class TrainConfig:
     attention_strategy: str = "concat"
     precision: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16); "fp32"
     degradation: str = "bicubic"  # "real": LR from training.degrade's camera-like pipeline (blur, noise, JPEG)
+    # fields of training.degrade.DegradationConfig that differ from its defaults (`--degradation-config FILE`);
+    # the run records them, and a resumed run keeps them
+    degradation_overrides: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
@@ -153,9 +155,58 @@ class DegradationConfig:
         lo, hi = self.kernel_size_range
         if lo < 3 or lo % 2 == 0 or hi % 2 == 0 or hi < lo:
             raise ValueError("kernel_size_range must be odd sides, 3 or more")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_prob") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{f.name} must be a probability from 0 to 1, got {value:g}")
+            if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
+                raise ValueError(f"{f.name} must be a range (low, high), got {value}")
 
 
 DEFAULT_CONFIG = DegradationConfig()
+
+
+def degradation_config(overrides: Mapping[str, Any] | None = None) -> DegradationConfig:
+    """`DEFAULT_CONFIG` with some fields replaced (`ribsr train --degradation-config FILE`): lists become
+    tuples, ints become floats where the field is a float; an unknown field or a value of the wrong shape is a
+    ValueError naming it, so a typo cannot silently train on the defaults."""
+    if not overrides:
+        return DEFAULT_CONFIG
+    known = {f.name: f for f in fields(DegradationConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown degradation setting {key!r} (the fields of DegradationConfig: "
+                             f"{', '.join(known)})")
+        default = getattr(DEFAULT_CONFIG, key)
+        if isinstance(default, tuple):
+            if (not isinstance(value, (list, tuple)) or len(value) != len(default)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"degradation setting {key!r}: give a list of {len(default)} numbers")
+            value = tuple(type(d)(v) for d, v in zip(default, value))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"degradation setting {key!r}: give a number, got {value!r}")
+        else:
+            value = type(default)(value)
+        changes[key] = value
+    return replace(DEFAULT_CONFIG, **changes)  # __post_init__ checks the probabilities that must sum to 1
+
+
+def read_degradation_overrides(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a `--degradation-config` file, checked by building the config once (a ValueError
+    says what is wrong; the caller names the file)."""
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(exc.strerror or exc.__class__.__name__) from None
+    except UnicodeDecodeError:
+        raise ValueError("not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("give a JSON object of DegradationConfig fields")
+    degradation_config(overrides)
+    return overrides
 
 
 def as_generator(seed: Seed) -> np.random.Generator:

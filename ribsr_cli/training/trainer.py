@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from ribsr_cli.training.schedule import RunClock, StepSchedule, ema_update
 from ribsr_cli.training.stopping import StopRequest
 from ribsr_cli.training.validation import Pair, eval_upscaler, load_validation, score_pairs
 from ribsr_cli.fileutil import atomic_write_text
+
+if TYPE_CHECKING:
+    from ribsr_cli.training.degrade import DegradationConfig
 
 
 def training_autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
@@ -69,6 +72,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
         state = load_training_state(ckpt_path)
         restore_training_state(state, model, ema, opt, rng)
         step, seconds_before = state["step"], state["elapsed"]
+        _keep_started_overrides(cfg, state, out)
         if not cfg.total_steps:
             cfg.total_steps = int(state.get("total_steps", 0))
             cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
@@ -87,6 +91,27 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
         p.requires_grad_(False)
     ema.eval()
     return step, seconds_before
+
+
+def _degradation_settings(cfg: TrainConfig) -> "DegradationConfig | None":
+    """The `--degradation real` ranges of this run: the defaults with `cfg.degradation_overrides`."""
+    from ribsr_cli.training.degrade import degradation_config
+
+    if cfg.degradation != "real":
+        if cfg.degradation_overrides:
+            raise ValueError("--degradation-config needs --degradation real")
+        return None
+    return degradation_config(cfg.degradation_overrides)
+
+
+def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
+    """A resumed run keeps the degradation overrides it started with (a plain resume command need not repeat
+    the file); different ones are refused, because half a run on other ranges is neither run."""
+    started = json.loads(state.get("config") or "{}").get("degradation_overrides", {})
+    if cfg.degradation_overrides and cfg.degradation_overrides != started:
+        raise ValueError(f"{run}: the run started with other degradation settings ({started or 'the defaults'}); "
+                         "resume without --degradation-config, or --restart")
+    cfg.degradation_overrides = dict(started)
 
 
 def _optimise(net: nn.Module, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
@@ -132,9 +157,9 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     val_pairs: list[Pair] = (load_validation(cfg.val_dir, cfg.scale, cfg.degradation)
                              if rank == 0 and cfg.val_dir else [])
     val_upscaler = eval_upscaler(ema, device) if val_pairs else None  # once: the EMA changes in place
-    if cfg.degradation == "real":  # the ranges change between releases; the run records the ones it used
-        from ribsr_cli.training.degrade import DEFAULT_CONFIG
-        cfg.extra["degradation_config"] = asdict(DEFAULT_CONFIG)
+    degradation = _degradation_settings(cfg)
+    if degradation is not None:  # the ranges change between releases; the run records the ones it used
+        cfg.extra["degradation_config"] = asdict(degradation)
     if rank == 0:  # one writer per file
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     autocast = training_autocast(device, cfg.precision)
@@ -160,7 +185,8 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            lr_batch, hr_batch = rank_share(*make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale, cfg.degradation),
+            lr_batch, hr_batch = rank_share(*make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale, cfg.degradation,
+                                                       degradation),
                                             rank, world)
             loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast)
             step += 1
