@@ -2,7 +2,7 @@
 
 `ribsr eval --degrade real` is one point of the camera-like family; a model tuned to it could lose elsewhere.
 This scores bicubic, the clean default, the shipped real model (and any candidate files) on `examples/` and
-Set14 under the official recipe and three others that differ in blur, noise and JPEG quality, with
+Set14 under the official recipe and five others that differ in blur, noise and JPEG quality, with
 `ribsr eval`'s own code (`evaluation.evaluate`, `--degrade real:blur=S,noise=N,jpeg=Q`).
 
     python3 scripts/real_photo_recipes.py --scale 2 [--models clean real cam=runs/x/best.safetensors]
@@ -22,11 +22,14 @@ from ribsr_cli.evaluation import discover_dataset, evaluate
 from ribsr_cli.fileutil import atomic_write_text
 from ribsr_cli.paths import REPO_ROOT, benchmarks_dir
 
-#: (label, --degrade value): the official recipe, then softer-and-quieter, sharper-and-noisier, and light
+#: (label, --degrade value): the official recipe, then softer-and-quieter, sharper-and-noisier, light,
+#: moderate everything, and no blur at all (noise and JPEG only)
 RECIPES = [("official", "real"),
            ("soft, quiet, q90", "real:blur=1.2,noise=2,jpeg=90"),
            ("sharp, noisy, q70", "real:blur=0.5,noise=6,jpeg=70"),
-           ("light, q95", "real:blur=0.3,noise=3,jpeg=95")]
+           ("light, q95", "real:blur=0.3,noise=3,jpeg=95"),
+           ("moderate, q85", "real:blur=1,noise=5,jpeg=85"),
+           ("no blur, q75", "real:blur=0,noise=4,jpeg=75")]
 
 
 def main() -> None:

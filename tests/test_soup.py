@@ -53,6 +53,16 @@ def test_the_soup_is_the_average_and_export_names_its_ingredients(tmp_path: Path
     assert prov["steps"] == 800 and [i["run"] for i in prov["soup_of"]] == ["a", "b"]
     assert 25 < prov["val_psnr_y"] < 40 and prov["val_degradation"] == "real"
 
+    c = _run(tmp_path / "runs" / "c", 3, 200)  # a soup may be an ingredient; its own ingredients travel with it
+    config = json.loads((c / "config.json").read_text())
+    (c / "config.json").write_text(json.dumps(dict(config, degradation_overrides={"camera_prob": 1.0})))
+    nested = tmp_path / "runs" / "nested"
+    assert _soup(str(c), str(out), "--out", str(nested)).returncode == 0
+    inner = load_model(nested / "best.safetensors").provenance["soup_of"]
+    assert [i["run"] for i in inner] == ["c", "soup"] and [i["run"] for i in inner[1]["soup_of"]] == ["a", "b"]
+    assert inner[0]["degradation_overrides"] == {"camera_prob": 1.0} and "degradation_overrides" not in inner[1]
+    assert "degradation_overrides" not in json.loads((nested / "config.json").read_text())
+
     trial = tmp_path / "weights"
     shutil.copytree(REPO / "weights", trial)
     monkeypatch.setenv("RIBSR_WEIGHTS_DIR", str(trial))
