@@ -8,7 +8,7 @@
 # Usage: nohup scripts/train_real.sh > runs/logs/train_real.log 2>&1 &
 # Then ship (never --default: export refuses it for a real run; variant, init_from and degraded scores are
 # read from the run and measured into weights/MANIFEST.json, and README's models table is re-rendered):
-#   python3 -m ribsr_cli export runs/ribsr-s-real-x2-typical-soup --name ribsr-s-real-x2
+#   python3 -m ribsr_cli export runs/ribsr-s-real-x2-typical --name ribsr-s-real-x2
 #   python3 -m ribsr_cli export runs/ribsr-s-real-x4-typical-soup --name ribsr-s-real-x4
 #   python3 -m ribsr_cli.training.export --remeasure ribsr-s-x2 --remeasure ribsr-s-x3 --remeasure ribsr-s-x4
 #       (only if their entries lack metrics_degraded; weights and sha256 stay as they are)
@@ -17,7 +17,7 @@
 # To try an export first without touching weights/: copy weights/ to a folder and point RIBSR_WEIGHTS_DIR at it.
 # Usage: scripts/train_real.sh [x2|x4|all]   (2 cores: `nohup scripts/train_real.sh x4 &` and `... x2 &` side by side)
 # Env:   THREADS (default 1), ARCH (default ribsr-s), X2_MINUTES / X4_MINUTES (the camera-model runs' totals,
-#        default 55 / 40). All stages: about 2.3 h per scale on one thread.
+#        default 55 / 40). On one thread: x4 about 2.1 h (three stages), x2 50 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
@@ -38,14 +38,17 @@ soup() {  # out run run...: scripts/soup.py's average of the runs' best EMAs (sk
   [[ -f runs/$out/best.safetensors ]] || $PY scripts/soup.py "${@/#/runs/}" --out "runs/$out"
 }
 
-# The shipped pair (0.6.0) is built in three layers, all fine-tunes of the clean weights (peak lr 2e-4, L1):
+# The shipped models (0.6.0) come from up to three layers, all fine-tunes of the clean weights (peak lr 2e-4, L1);
+# per scale, the candidate with the best mean gain over the clean model on Set5 across the six recipes of
+# scripts/real_photo_recipes.py ships: at x4 the -typical-soup, at x2 the -typical run alone (its soups with
+# -soup and with -typical-seed1 scored 0.011-0.028 dB lower there):
 #  1. -v4: the two-order chain only (scripts/degradation/chain-only.json; 0.4.0's recipe; x2 35 min, x4 40);
 #  2. the camera-model run (the defaults: half the degraded samples take the single-pass camera model; x2 55
 #     min, x4 stopped by hand at 26 when validation slid; rerunning the full 40 keeps the best.safetensors rule),
 #     and -soup = their average (0.5.0's shipped models);
 #  3. -typical: camera model only, on the ranges of typical camera files (scripts/degradation/
 #     typical-camera-xS.json: blur 0.2-1.4 HR px, noise 2-6 levels, JPEG 65-95, 10% clean; x2 50 min, x4 45),
-#     and -typical-soup = the average of -typical and -soup, which is what ships.
+#     and -typical-soup = the average of -typical and -soup (what ships at x4).
 # Why layer 3: a run on the official eval recipe alone (scripts/degradation/official-recipe-only-x2.json,
 # runs/ribsr-s-real-x2-oracle) reached 32.75 dB on degraded Set5 (the broad mixes 32.43) and +1.10 dB over
 # bicubic on the held-out photos, so the 0.12 M network was not the limit: the breadth of the mix was. That run
@@ -53,7 +56,9 @@ soup() {  # out run run...: scripts/soup.py's average of the runs' best EMAs (sk
 # keeps most of its gain on camera-like damage, and the soup with layer 2 gives back what it loses on soft input.
 # Earlier runs are kept for their curves: -v1 (0.2.0: broad ranges, lr 4e-4), -v2 (0.3.0: 45 min, final EMA
 # shipped), -v3 (no clean share), -seed1 (layer 2 again with --seed 1, 30 min: within 0.01 dB in a soup),
-# -ft (layer-2 soups fine-tuned at lr 1e-4 on camera_prob 0.75: +0.01 dB on Set5, lower on the photos), and
+# -typical-seed1 (x2: layer 3 with --seed 1, 40 min), -ft (layer-2 soups fine-tuned at lr 1e-4 on camera_prob
+# 0.75: +0.01 dB on Set5, lower on the photos), -cam100-exp (x4, camera_prob 1 on the default ranges: tracked
+# the camera run within 0.005 dB for 1,450 steps), -oracle (above), and
 # the ribsr-s6 experiments (runs/ribsr-s6-*-exp: six blocks grown exactly from ribsr-s tracked the three-block
 # runs within 0.005 dB for 2,500 steps).
 if [[ $ONLY == all || $ONLY == x4 ]]; then
@@ -64,10 +69,9 @@ if [[ $ONLY == all || $ONLY == x4 ]]; then
   soup ribsr-s-real-x4-typical-soup ribsr-s-real-x4-typical ribsr-s-real-x4-soup
 fi
 if [[ $ONLY == all || $ONLY == x2 ]]; then
-  stage ribsr-s-real-x2-v4 2 35 2e-4 200 weights/ribsr-s-x2.safetensors scripts/degradation/chain-only.json
-  stage ribsr-s-real-x2 2 "${X2_MINUTES:-55}" 2e-4 200 weights/ribsr-s-x2.safetensors
-  soup ribsr-s-real-x2-soup ribsr-s-real-x2-v4 ribsr-s-real-x2
+  # the shipped x2 needs only layer 3; 0.5.0's x2 soup (README's comparison column) came from layers 1-2:
+  #   stage ribsr-s-real-x2-v4 2 35 ... chain-only.json; stage ribsr-s-real-x2 2 "${X2_MINUTES:-55}" ...;
+  #   soup ribsr-s-real-x2-soup ribsr-s-real-x2-v4 ribsr-s-real-x2   (as the x4 lines above)
   stage ribsr-s-real-x2-typical 2 50 2e-4 200 weights/ribsr-s-x2.safetensors scripts/degradation/typical-camera-x2.json
-  soup ribsr-s-real-x2-typical-soup ribsr-s-real-x2-typical ribsr-s-real-x2-soup
 fi
 echo "stages done: $ONLY"

@@ -356,3 +356,19 @@ def test_degradation_config_overrides_are_checked_field_by_field() -> None:
                          ({"resize_probs_first": [0.5, 0.5, 0.5]}, "must sum to 1")]:
         with pytest.raises(ValueError, match=message):
             degradation_config(bad)
+
+
+def test_the_committed_degradation_configs_still_load() -> None:
+    """scripts/degradation/*.json are what scripts/train_real.sh trains with: each must stay a valid override
+    set as DegradationConfig evolves, and the typical-camera ranges must say what their name says."""
+    from ribsr_cli.training.degrade import degradation_config, read_degradation_overrides
+
+    files = sorted((REPO / "scripts" / "degradation").glob("*.json"))
+    assert {f.name for f in files} >= {"chain-only.json", "typical-camera-x2.json", "typical-camera-x4.json"}
+    configs = {f.stem: degradation_config(read_degradation_overrides(f)) for f in files}
+    assert configs["chain-only"].camera_prob == 0.0
+    for scale in (2, 4):
+        typical = configs[f"typical-camera-x{scale}"]
+        assert typical.camera_prob == 1.0
+        # the same HR-pixel blur range at both scales: 0.2 to 1.4 HR px, expressed in LR px
+        assert typical.camera_blur_sigma_lr == pytest.approx((0.2 / scale, 1.4 / scale))
