@@ -243,3 +243,23 @@ def test_degradation_config_file_changes_the_lr_and_travels_with_the_run(tmp_pat
     other.write_text(json.dumps({"camera_prb": 0.2}))
     typo = runner.invoke(app, base + ["--degradation-config", str(other), "--restart"])
     assert typo.exit_code == 2 and "unknown degradation setting 'camera_prb'" in typo.output
+
+    # a run started before --degradation-config recorded only its resolved ranges (without the fields added
+    # since): overrides that agree with them resume it, others are refused
+    state = torch.load(run / "last.pt", weights_only=True)
+    legacy = json.loads(state["config"])
+    del legacy["degradation_overrides"]
+    legacy["extra"]["degradation_config"] = {k: v for k, v in legacy["extra"]["degradation_config"].items()
+                                             if not k.startswith("camera_")}
+    torch.save(dict(state, config=json.dumps(legacy)), run / "last.pt")
+    settings.write_text(json.dumps({"camera_prob": 0.0}))  # a field the old run did not record
+    agreeing = runner.invoke(app, [a if a != "4" else "8" for a in base] + ["--degradation-config", str(settings)])
+    assert agreeing.exit_code == 0, agreeing.output
+    assert json.loads((run / "config.json").read_text())["degradation_overrides"] == {"camera_prob": 0.0}
+    state = torch.load(run / "last.pt", weights_only=True)
+    torch.save(dict(state, config=json.dumps(legacy)), run / "last.pt")
+    other.write_text(json.dumps({"clean_prob": 0.5}))  # a range the old run recorded differently (0.2)
+    refused = runner.invoke(app, [a if a != "4" else "10" for a in base] + ["--degradation-config", str(other)])
+    assert refused.exit_code == 2 and "other degradation settings (clean_prob)" in refused.output
+    not_real = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--degradation-config", str(settings)])
+    assert not_real.exit_code == 2 and "needs --degradation real" in not_real.output

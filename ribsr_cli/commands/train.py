@@ -49,21 +49,16 @@ def command(
 
     if degradation not in DEGRADATIONS:
         raise UsageError(f"--degradation {degradation}", f"choose {' or '.join(DEGRADATIONS)}")
-    overrides = {}
-    if degradation_file is not None:
-        if degradation != "real":
-            raise UsageError(f"--degradation-config {degradation_file}", "needs --degradation real")
-        try:
-            overrides = read_degradation_overrides(degradation_file)
-        except ValueError as exc:
-            raise UsageError(f"--degradation-config {degradation_file}", str(exc)) from None
-
-    cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
-                      val_dir=val_dir,
-                      patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
-                      max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
-                      seed=seed, init_from=str(init_from or ""), degradation=degradation,
-                      degradation_overrides=overrides)
+    try:  # a bad file, or one given without --degradation real (TrainConfig's check)
+        overrides = read_degradation_overrides(degradation_file) if degradation_file is not None else {}
+        cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
+                          val_dir=val_dir,
+                          patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
+                          max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
+                          seed=seed, init_from=str(init_from or ""), degradation=degradation,
+                          degradation_overrides=overrides)
+    except ValueError as exc:
+        raise UsageError(f"--degradation-config {degradation_file}", str(exc)) from None
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
     except RibsrError:  # a checkpoint, manifest ... error already carries its path and exit status

@@ -49,6 +49,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.degradation_overrides and self.degradation != "real":
+            raise ValueError("needs --degradation real")  # the overrides change the real pipeline only
         if self.val_dir is None:
             self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
 

@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,9 +33,6 @@ from ribsr_cli.training.schedule import RunClock, StepSchedule, ema_update
 from ribsr_cli.training.stopping import StopRequest
 from ribsr_cli.training.validation import Pair, eval_upscaler, load_validation, score_pairs
 from ribsr_cli.fileutil import atomic_write_text
-
-if TYPE_CHECKING:
-    from ribsr_cli.training.degrade import DegradationConfig
 
 
 def training_autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
@@ -93,21 +90,23 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
     return step, seconds_before
 
 
-def _degradation_settings(cfg: TrainConfig) -> "DegradationConfig | None":
-    """The `--degradation real` ranges of this run: the defaults with `cfg.degradation_overrides`."""
-    from ribsr_cli.training.degrade import degradation_config
-
-    if cfg.degradation != "real":
-        if cfg.degradation_overrides:
-            raise ValueError("--degradation-config needs --degradation real")
-        return None
-    return degradation_config(cfg.degradation_overrides)
-
-
 def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
     """A resumed run keeps the degradation overrides it started with (a plain resume command need not repeat
-    the file); different ones are refused, because half a run on other ranges is neither run."""
-    started = json.loads(state.get("config") or "{}").get("degradation_overrides", {})
+    the file); different ones are refused, because half a run on other ranges is neither run. A run started
+    before `--degradation-config` existed recorded only its resolved ranges: given overrides must agree with
+    every range it recorded (fields added since were not part of it)."""
+    from ribsr_cli.training.degrade import degradation_config
+
+    started_cfg = json.loads(state.get("config") or "{}")
+    if "degradation_overrides" not in started_cfg:
+        recorded = started_cfg.get("extra", {}).get("degradation_config", {})
+        wanted = json.loads(json.dumps(asdict(degradation_config(cfg.degradation_overrides))))  # tuples as lists
+        differ = sorted(k for k, v in recorded.items() if k in wanted and wanted[k] != v)
+        if cfg.degradation_overrides and differ:
+            raise ValueError(f"{run}: the run started with other degradation settings ({', '.join(differ)}); "
+                             "resume without --degradation-config, or --restart")
+        return
+    started = started_cfg["degradation_overrides"]
     if cfg.degradation_overrides and cfg.degradation_overrides != started:
         raise ValueError(f"{run}: the run started with other degradation settings ({started or 'the defaults'}); "
                          "resume without --degradation-config, or --restart")
@@ -157,9 +156,11 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     val_pairs: list[Pair] = (load_validation(cfg.val_dir, cfg.scale, cfg.degradation)
                              if rank == 0 and cfg.val_dir else [])
     val_upscaler = eval_upscaler(ema, device) if val_pairs else None  # once: the EMA changes in place
-    degradation = _degradation_settings(cfg)
-    if degradation is not None:  # the ranges change between releases; the run records the ones it used
-        cfg.extra["degradation_config"] = asdict(degradation)
+    ranges = None
+    if cfg.degradation == "real":  # the ranges change between releases; the run records the ones it used
+        from ribsr_cli.training.degrade import degradation_config
+        ranges = degradation_config(cfg.degradation_overrides)
+        cfg.extra["degradation_config"] = asdict(ranges)
     if rank == 0:  # one writer per file
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     autocast = training_autocast(device, cfg.precision)
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             for group in opt.param_groups:
                 group["lr"] = lr_now
             lr_batch, hr_batch = rank_share(*make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale, cfg.degradation,
-                                                       degradation),
+                                                       ranges),
                                             rank, world)
             loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast)
             step += 1
