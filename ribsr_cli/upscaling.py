@@ -55,6 +55,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)  # attention kernels that actually ran on this file
     tile: int | None = None  # tile side that ran (LR px; 0: whole image), after any out-of-memory halving
+    damage: str | None = None  # what a damage-conditioned model read from this file (`engine.damage.Damage`)
 
     def as_dict(self) -> dict:
         return {"input": str(self.source), "output": str(self.output) if self.output else None,
@@ -62,7 +63,7 @@ class Job:
                 "input_size": list(self.in_size) if self.in_size else None,
                 "output_size": list(self.out_size) if self.out_size else None,
                 "seconds": round(self.seconds, 3), "warnings": self.warnings, "kernels": self.kernels,
-                "tile": self.tile}
+                "tile": self.tile, "damage_read": self.damage}
 
 
 def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
@@ -278,6 +279,7 @@ def process(job: Job, upscaler: "Upscaler", *, fmt: str, quality: int, max_pixel
         sr, job.tile = upscaler.run(rgb, out_dtype, on_tile)
         job.warnings += upscaler.report.fallbacks[retries:]  # out of memory at the first tile size
         job.kernels = upscaler.last_kernels()
+        job.damage = upscaler.last_damage.describe() if upscaler.last_damage is not None else None
         sr = grey_like(sr, img.pixels)  # grey in, grey out
         scale = upscaler.loaded.scale
         alpha = upscale_plane(img.alpha, scale) if img.alpha is not None else None

@@ -26,11 +26,12 @@ ONLY=${1:-all}   # x2, x4 or all (in that order: x4 first); two stages may run a
 PY=${PYTHON:-python3}
 mkdir -p runs/logs
 
-stage() {  # name scale total-minutes peak-lr warmup init [degradation-config.json]
+stage() {  # name scale total-minutes peak-lr warmup init [degradation-config.json [more train flags]]
   local name=$1 scale=$2 minutes=$3 lr=$4 warmup=$5 init=$6 ranges=${7:-}
+  shift $(( $# < 7 ? $# : 7 ))
   $PY -m ribsr_cli train --arch "$ARCH" --scale "$scale" --out "runs/$name" --steps 0 --degradation real \
       --max-minutes "$minutes" --lr "$lr" --warmup "$warmup" --threads "$THREADS" \
-      --val-every 250 --ckpt-minutes 3 --init-from "$init" ${ranges:+--degradation-config "$ranges"}
+      --val-every 250 --ckpt-minutes 3 --init-from "$init" ${ranges:+--degradation-config "$ranges"} "$@"
 }
 
 soup() {  # out run run...: scripts/soup.py's average of the runs' best EMAs (skipped when it exists)
@@ -73,5 +74,13 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
   #   stage ribsr-s-real-x2-v4 2 35 ... chain-only.json; stage ribsr-s-real-x2 2 "${X2_MINUTES:-55}" ...;
   #   soup ribsr-s-real-x2-soup ribsr-s-real-x2-v4 ribsr-s-real-x2   (as the x4 lines above)
   stage ribsr-s-real-x2-typical 2 50 2e-4 200 weights/ribsr-s-x2.safetensors scripts/degradation/typical-camera-x2.json
+  # layer 4 (0.7.0): the damage-conditioned ribsr-sd (engine/damage.py). First its estimator, trained on the same
+  # camera model (25 min on one thread; a rerun starts over), then the network, continued from -typical with
+  # the estimator frozen and told each sample's true damage (105 min)
+  [[ -f runs/damage-estimator-x2-v2/estimator.safetensors ]] || $PY -m ribsr_cli.training.damage_estimator \
+      --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json \
+      --out runs/damage-estimator-x2-v2 --minutes 25 --threads "$THREADS" --val ../shared/benchmarks/Set5
+  ARCH=ribsr-sd stage ribsr-sd-real-x2 2 105 2e-4 200 runs/ribsr-s-real-x2-typical/best.safetensors \
+      scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors
 fi
 echo "stages done: $ONLY"

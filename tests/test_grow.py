@@ -59,14 +59,15 @@ def test_new_blocks_copy_trained_blocks_with_their_closing_conv_zeroed() -> None
     assert (six["n_blocks"], six["window_sizes"]) == (6, [8, 16])
 
 
-def test_only_the_block_count_may_grow() -> None:
+def test_only_the_block_count_and_damage_channels_may_grow() -> None:
     base = get_config("ribsr-s", 2)
     assert can_grow(base, get_config("ribsr-s6", 2)) and can_grow(base, base)
+    assert can_grow(base, get_config("ribsr-sd", 2)) and not can_grow(get_config("ribsr-sd", 2), base)
     assert not can_grow(get_config("ribsr-s6", 2), base)  # shrinking
     assert not can_grow(base, get_config("ribsr-s6", 4))  # another scale
     wider = SSTConfig.from_network_g(dict(get_config("ribsr-s6", 2).to_network_g(), dim=48))
     assert not can_grow(base, wider)
-    with pytest.raises(ValueError, match="only n_blocks may grow"):
+    with pytest.raises(ValueError, match="only n_blocks and damage_channels may grow"):
         grow_state(SST(base).state_dict(), base, wider)
 
 

@@ -39,10 +39,14 @@ def _photo_crop(size: int = 48) -> np.ndarray:
     return np.ascontiguousarray(img[100:100 + size, 150:150 + size])
 
 
-def _make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_blocks: int | None = None) -> Path:
+def _make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_blocks: int | None = None,
+               damage_channels: int = 0) -> Path:
     """A weights folder holding the shipped ribsr-s-x2 and a perturbed copy shipped as ribsr-s-real-x2;
-    with `real_blocks`, the copy is first grown to that many blocks (`engine.grow`), as ribsr-s6 real models are."""
-    from ribsr_cli.engine.grow import deeper, grow_state
+    with `real_blocks`, the copy is first grown to that many blocks (`engine.grow`), as ribsr-s6 real models are;
+    with `damage_channels`, it is first made damage-conditioned (ribsr-sd: a zero damage_proj and an estimator)."""
+    import dataclasses
+
+    from ribsr_cli.engine.grow import deeper, estimator_keys, grow_state
     from ribsr_cli.engine.network import SST
     from ribsr_cli.fileutil import sha256_file
 
@@ -56,6 +60,12 @@ def _make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_blocks: int
     if real_blocks:
         grown = SST(deeper(net.config, real_blocks))
         grown.load_state_dict(grow_state(net.state_dict(), net.config, grown.config))
+        net = grown
+    if damage_channels:
+        torch.manual_seed(5)
+        grown = SST(dataclasses.replace(net.config, damage_channels=damage_channels))
+        grown.load_state_dict({**grow_state(net.state_dict(), net.config, grown.config),
+                               **estimator_keys(grown.state_dict())})
         net = grown
     gen = torch.Generator().manual_seed(17)
     with torch.no_grad():  # the identity blocks' zero convs move too, so the extra blocks really act
@@ -81,6 +91,12 @@ def pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def deep_pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """As pair_dir, with the real model six blocks deep against the clean model's three."""
     return _make_pair(tmp_path, monkeypatch, real_blocks=6)
+
+
+@pytest.fixture()
+def conditioned_pair_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """As pair_dir, with a damage-conditioned real model (engine.damage) against the plain clean one."""
+    return _make_pair(tmp_path, monkeypatch, damage_channels=3)
 
 
 def _sr(net, lr: np.ndarray) -> np.ndarray:
@@ -139,25 +155,47 @@ def test_denoise_half_is_the_average_and_names_both_weights(pair_dir: Path) -> N
     assert not np.array_equal(out, _sr(clean, lr)) and not np.array_equal(out, _sr(real, lr))
 
 
+def _both_ends_upscale_exactly(field: str, values: tuple[int, int]):
+    """(clean, real) networks of the pair, after checking that they differ in `field` as `values` says and that
+    --denoise 0 and 1 (built in the real model's shape) upscale a photo exactly as the clean and real models."""
+    from ribsr_cli.engine.registry import resolve
+
+    lr = _photo_crop()
+    clean, real = resolve("clean", 2).network, resolve("real", 2).network
+    assert (getattr(clean.config, field), getattr(real.config, field)) == values
+    out_clean, out_real = _sr(clean, lr), _sr(real, lr)
+    assert not np.array_equal(out_clean, out_real)
+    for strength, reference in ((0.0, out_clean), (1.0, out_real)):
+        mixed = resolve(None, 2, denoise=strength).network
+        assert getattr(mixed.config, field) == values[1]
+        assert np.array_equal(_sr(mixed, lr), reference), strength
+    return clean, real
+
+
 def test_denoise_with_a_deeper_real_model_keeps_both_ends_exact(deep_pair_dir: Path) -> None:
     """ribsr-s6 real models pair with 3-block clean ones: S=0 must still upscale exactly as the clean model."""
     from ribsr_cli.engine.grow import grow_state
     from ribsr_cli.engine.registry import resolve
 
-    lr = _photo_crop()
-    clean, real = resolve("clean", 2).network, resolve("real", 2).network
-    assert (clean.config.n_blocks, real.config.n_blocks) == (3, 6)
-    out_clean, out_real = _sr(clean, lr), _sr(real, lr)
-    assert not np.array_equal(out_clean, out_real)
-    for strength, reference in ((0.0, out_clean), (1.0, out_real)):
-        mixed = resolve(None, 2, denoise=strength)
-        assert mixed.config.n_blocks == 6
-        assert np.array_equal(_sr(mixed.network, lr), reference), strength
+    clean, real = _both_ends_upscale_exactly("n_blocks", (3, 6))
     half = resolve(None, 2, denoise=0.5).network.state_dict()
     grown = grow_state(clean.state_dict(), clean.config, real.config)
     for key, value in real.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(half[key], (grown[key] + value) / 2, rtol=0, atol=1e-7)
+
+
+def test_denoise_with_a_damage_conditioned_real_model_keeps_both_ends_exact(conditioned_pair_dir: Path) -> None:
+    """A ribsr-sd real model pairs with its plain clean partner: at S=0 the damage weights are zero, so the mix
+    upscales exactly as the clean model whatever the estimator reads; the estimator is the real model's own."""
+    from ribsr_cli.engine.registry import resolve
+
+    _, real = _both_ends_upscale_exactly("damage_channels", (0, 3))
+    half = resolve(None, 2, denoise=0.5).network.state_dict()
+    r_state = real.state_dict()
+    torch.testing.assert_close(half["damage_proj.weight"], r_state["damage_proj.weight"] / 2, rtol=0, atol=1e-7)
+    for key in (k for k in r_state if k.startswith("estimator.")):
+        assert torch.equal(half[key], r_state[key]), key
 
 
 def test_a_model_with_other_widths_is_refused_for_denoise(pair_dir: Path) -> None:

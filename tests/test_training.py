@@ -119,7 +119,7 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
     """`ribsr train` stopped by Ctrl-C or `kill` saves the finished step, exits 130, and resumes exactly."""
     import ribsr_cli.training.trainer as trainer
 
-    real = trainer.make_batch
+    real = trainer.make_batch_with_damage
     calls = {"n": 0}
 
     def batch_then_signal(*args, **kwargs):
@@ -131,7 +131,7 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIGINT: SIG_IGN in a background job
     straight = train(_cfg(tmp_path / "a", pool, 6), resume=False, log=_quiet)
     assert {s: signal.getsignal(s) for s in before} == before  # a finished run puts them back too
-    monkeypatch.setattr(trainer, "make_batch", batch_then_signal)
+    monkeypatch.setattr(trainer, "make_batch_with_damage", batch_then_signal)
     argv = ["train", "--out", str(tmp_path / "b"), "--data", str(pool), "--val", "", "--steps", "6",
             "--warmup", "2", "--patch", "24", "--batch", "2", "--ckpt-minutes", "100", "--val-every", "1000"]
     result = CliRunner().invoke(app, argv)
@@ -139,7 +139,7 @@ def test_ctrl_c_or_kill_checkpoints_the_step_in_progress(tmp_path: Path, pool: P
     assert "interrupted" in result.output and "Traceback" not in result.output
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
     assert {s: signal.getsignal(s) for s in before} == before  # handlers are put back
-    monkeypatch.setattr(trainer, "make_batch", real)
+    monkeypatch.setattr(trainer, "make_batch_with_damage", real)
     assert CliRunner().invoke(app, argv).exit_code == 0
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)

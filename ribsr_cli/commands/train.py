@@ -40,6 +40,10 @@ def command(
         None, "--degradation-config",
         help="With --degradation real: a JSON object of DegradationConfig fields to change from their defaults "
              "(e.g. {\"camera_prob\": 0.75}); recorded in the run, kept on resume."),
+    damage_estimator: Optional[Path] = typer.Option(
+        None, "--damage-estimator",
+        help="For a damage-conditioned --arch (ribsr-sd): the trained damage estimator "
+             "(python3 -m ribsr_cli.training.damage_estimator) built into the network, frozen."),
 ) -> None:
     from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.training.degrade import DEGRADATIONS, read_degradation_overrides
@@ -56,9 +60,11 @@ def command(
                           patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
                           max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
                           seed=seed, init_from=str(init_from or ""), degradation=degradation,
-                          degradation_overrides=overrides)
+                          degradation_overrides=overrides, damage_estimator=str(damage_estimator or ""))
     except ValueError as exc:
-        raise UsageError(f"--degradation-config {degradation_file}", str(exc)) from None
+        flag = "--damage-estimator" if "--damage-estimator" in str(exc) else "--degradation-config"
+        value = damage_estimator if flag == "--damage-estimator" else degradation_file
+        raise UsageError(f"{flag} {value}", str(exc).replace(f"{flag} ", "")) from None
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
     except RibsrError:  # a checkpoint, manifest ... error already carries its path and exit status

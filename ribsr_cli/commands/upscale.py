@@ -265,7 +265,9 @@ def _run_jobs(jobs, upscaler, outscale, fmt, quality, max_pixels, console, err, 
                     extra = f"  ({'; '.join(job.warnings)})" if job.warnings else ""
                     kernel = f", kernel {', '.join(job.kernels)} ({upscaler.report.precision})" if job.kernels else ""
                     tile = "whole" if not job.tile else f"{job.tile} px"
-                    bar.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s, tile {tile}{kernel}{extra}")
+                    damage = f", read damage: {job.damage}" if job.damage else ""
+                    bar.print(f"done   {job.source} -> {job.output} in {job.seconds:.1f}s, tile {tile}{kernel}"
+                              f"{damage}{extra}")
                 elif job.warnings and not quiet:
                     bar.print(f"[yellow]warning[/] {job.source}: {'; '.join(job.warnings)}")
         except KeyboardInterrupt:

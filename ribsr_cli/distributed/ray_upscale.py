@@ -210,6 +210,7 @@ def fill_from_row(job: Job, row: dict[str, Any]) -> None:
     job.warnings = list(row["warnings"])
     job.kernels = list(row["kernels"])
     job.tile = row["tile"]
+    job.damage = row.get("damage_read")
 
 
 def remove_stale_temporaries(jobs: list[Job]) -> list[Path]:

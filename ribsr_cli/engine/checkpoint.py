@@ -94,6 +94,8 @@ def detect_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     while f"body.0.{n_layers}.norm_attn.weight" in state:
         n_layers += 1
     arch: dict[str, Any] = {"dim": dim, "n_blocks": n_blocks}
+    if "damage_proj.weight" in state:  # ribsr's damage-conditioned networks (engine.damage)
+        arch["damage_channels"] = state["damage_proj.weight"].shape[1]
     heads, ranks, rpb_windows = [], [], []
     first = "body.0.0.attn."
     if first + "to_hidden" in state:

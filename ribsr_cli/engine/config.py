@@ -37,7 +37,10 @@ NETWORK_G_DEFAULTS: dict[str, Any] = {
     "gate_type": "DWC",
     "intermediate_dim": 64,
 }
-KNOWN_KEYS = set(NETWORK_G_DEFAULTS) | {"type"}
+#: ribsr's extension keys: written only when they differ from these values, so a reference network's
+#: `network_g` stays exactly the authors' layout
+EXTENSION_DEFAULTS: dict[str, Any] = {"damage_channels": 0}
+KNOWN_KEYS = set(NETWORK_G_DEFAULTS) | set(EXTENSION_DEFAULTS) | {"type"}
 
 
 def _per_layer(value: Any, n: int, key: str) -> tuple[int, ...]:
@@ -68,6 +71,8 @@ class SSTConfig:
     upsampler_type: str = "pixelshuffle"
     gate_type: Optional[str] = "DWC"
     intermediate_dim: int = 64
+    #: ribsr's damage-conditioned networks (`engine.damage`): constant maps concatenated to the LR at `proj`
+    damage_channels: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.window_sizes)
@@ -84,6 +89,8 @@ class SSTConfig:
             raise ValueError(f"unknown gate_type {self.gate_type!r}; choose DWC or none")
         if self.scale < 1:
             raise ValueError(f"upscaling_factor must be >= 1, got {self.scale}")
+        if self.damage_channels < 0:
+            raise ValueError(f"damage_channels must be >= 0, got {self.damage_channels}")
         for j, heads in enumerate(self.num_heads):
             if self.dim % heads:
                 raise ValueError(f"dim {self.dim} is not divisible by num_heads {heads} (layer {j})")
@@ -121,6 +128,7 @@ class SSTConfig:
             upsampler_type=str(g["upsampler_type"]),
             gate_type=GATES[gate],
             intermediate_dim=int(g["intermediate_dim"]),
+            damage_channels=int(arch.get("damage_channels", EXTENSION_DEFAULTS["damage_channels"])),
         )
 
     def to_network_g(self) -> dict[str, Any]:
@@ -129,7 +137,8 @@ class SSTConfig:
         out["upscaling_factor"] = out.pop("scale")
         for key in ("window_sizes", "num_heads", "ranks"):
             out[key] = list(out[key])
-        return {k: out[k] for k in NETWORK_G_DEFAULTS}
+        extensions = {k: out[k] for k, default in EXTENSION_DEFAULTS.items() if out[k] != default}
+        return {**{k: out[k] for k in NETWORK_G_DEFAULTS}, **extensions}
 
     def with_scale(self, scale: int) -> "SSTConfig":
         """The same body with another upsampler factor (a family's x2/x3/x4 members differ only here)."""

@@ -14,6 +14,11 @@ New block k (k = n_from .. n_to - 1) copies the trained block (k - n_from) mod n
 start from trained features rather than noise: "progressive stacking"), with its last conv zeroed; the body's
 closing LayerNorm and Conv3x3 move to the end. Only the block count may grow: a wider `dim` is not
 function-preserving (the channel LayerNorm's statistics would change).
+
+The same holds for damage conditioning (`engine.damage`): a network whose `damage_proj` is zero adds exactly
+0.0 to proj(x), so it ignores the damage maps and computes the clean network's output bit for bit.
+`grow_state` adds that zero `damage_proj`; the `DamageEstimator`'s weights are not part of such growth (it
+has no clean counterpart): a conditioned network's own estimator is loaded beside (`estimator_keys`).
 """
 
 from __future__ import annotations
@@ -29,17 +34,22 @@ _BODY_KEY = re.compile(r"^body\.(\d+)\.(.*)$")
 
 
 def can_grow(small: SSTConfig, large: SSTConfig) -> bool:
-    """True when `large` is `small` with at least as many blocks and nothing else changed."""
-    return (large.n_blocks >= small.n_blocks
-            and dataclasses.replace(small, n_blocks=large.n_blocks) == large)
+    """True when `large` is `small` with at least as many blocks and damage channels, nothing else changed."""
+    return (large.n_blocks >= small.n_blocks and large.damage_channels >= small.damage_channels
+            and dataclasses.replace(small, n_blocks=large.n_blocks, damage_channels=large.damage_channels) == large)
+
+
+def estimator_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The damage estimator's tensors of a conditioned network's state dict (what growth cannot make)."""
+    return {k: v for k, v in state.items() if k.startswith("estimator.")}
 
 
 def grow_state(state: dict[str, torch.Tensor], small: SSTConfig,
                large: SSTConfig) -> dict[str, torch.Tensor]:
     """The state dict of `large` that computes what `state` (of `small`) computes; see the module docstring."""
     if not can_grow(small, large):
-        raise ValueError(f"cannot grow {small.n_blocks} blocks into this architecture: only n_blocks may grow "
-                         "(and not shrink); every other field must match")
+        raise ValueError(f"cannot grow {small.n_blocks} blocks into this architecture: only n_blocks and "
+                         "damage_channels may grow (and not shrink); every other field must match")
     n_from, n_to = small.n_blocks, large.n_blocks
     last_conv = len(small.window_sizes)  # a Block's Sequential index of its closing Conv3x3
     grown: dict[str, torch.Tensor] = {}
@@ -55,6 +65,9 @@ def grow_state(state: dict[str, torch.Tensor], small: SSTConfig,
             by_block.setdefault(index, {})[rest] = value
         else:  # the closing LayerNorm (n_from) and Conv3x3 (n_from + 1) move behind the new blocks
             grown[f"body.{index - n_from + n_to}.{rest}"] = value.clone()
+    if large.damage_channels and not small.damage_channels:
+        grown["damage_proj.weight"] = state["proj.weight"].new_zeros(
+            (large.dim, large.damage_channels, *state["proj.weight"].shape[2:]))
     for k in range(n_from, n_to):
         for rest, value in by_block[(k - n_from) % n_from].items():
             copy = value.clone()

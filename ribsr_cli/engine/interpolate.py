@@ -11,7 +11,8 @@ interpolation"), so one number picks how much damage is removed:
 computed in float64 and cast back, so S = 0 and S = 1 give the two shipped weight sets bit for bit (1·x + 0·y
 is exactly x). A real model may be deeper than its clean partner (ribsr-s6 grown from ribsr-s, `engine.grow`):
 the clean end of the line is then the clean weights grown to that depth, whose extra blocks are identities, so
-S = 0 still upscales exactly as the clean model does. Both files are sha256-checked before mixing, and the mix
+S = 0 still upscales exactly as the clean model does. The same holds for a damage-conditioned real model
+(`engine.damage`): the clean end has zero weights on the damage maps, so it ignores them. Both files are sha256-checked before mixing, and the mix
 is named `<clean>+real@S` with both hashes (`LoadedModel.sha256` = "<clean sha256>+<real sha256>",
 `LoadedModel.components`).
 """
@@ -24,7 +25,7 @@ import torch
 
 from ribsr_cli.catalog import ModelEntry, find_model, shipped_models, shipped_scales, variant_model
 from ribsr_cli.engine.checkpoint import CheckpointError
-from ribsr_cli.engine.grow import can_grow, grow_state
+from ribsr_cli.engine.grow import can_grow, estimator_keys, grow_state
 from ribsr_cli.engine.runner import LoadedModel
 
 
@@ -117,8 +118,10 @@ def load_denoised(clean_entry: ModelEntry, real_entry: ModelEntry, strength: flo
         if clean.config is None or real.config is None or not can_grow(clean.config, real.config):
             raise CheckpointError(real_entry.path, f"{real_entry.name} and {clean_entry.name} differ in architecture "
                                                    "(beyond extra blocks); they cannot be interpolated")
-        # a deeper real model: the clean weights grown to its depth compute exactly the clean model
-        clean_state = grow_state(clean_state, clean.config, real.config)
+        # a deeper or damage-conditioned real model: the clean weights grown to its shape compute exactly the
+        # clean model; a conditioned model's damage estimator has no clean counterpart and is its own on both ends
+        clean_state = {**grow_state(clean_state, clean.config, real.config),
+                       **estimator_keys(real.network.state_dict())}
     net = real.network  # the real model's architecture: the clean one's, or deeper
     with torch.no_grad():
         net.load_state_dict(interpolate_state(clean_state, real.network.state_dict(), strength))

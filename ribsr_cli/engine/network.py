@@ -2,6 +2,11 @@
 
     feat = proj(x) + body(proj(x));   out = upsampler(feat, x)
 
+A damage-conditioned network (`config.damage_channels`, `engine.damage`) adds a convolution of the damage
+maps to proj(x): feat0 = proj(x) + damage_proj(maps). (One conv over [x, maps] is the same function, but a
+separate term keeps `proj` in the authors' layout and makes "damage_proj = 0" exactly the clean network, bit
+for bit, since adding 0.0 changes nothing.) It carries the `DamageEstimator` that reads the damage from x.
+
 body = n_blocks x Block, channel LayerNorm, Conv3x3. A Block is one Layer per
 window size, then a Conv3x3, with a residual around the whole block. Module
 names mirror the authors' checkpoints so their state dicts load strictly.
@@ -15,6 +20,7 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine.attention import WindowAttention, default_bias_budget, plan_bias_budget
 from ribsr_cli.engine.config import SSTConfig
+from ribsr_cli.engine.damage import DamageEstimator, damage_maps
 
 
 class ChannelLayerNorm(nn.Module):
@@ -112,6 +118,11 @@ class SST(nn.Module):
         self.scale = scale
         self.window_sizes = window_sizes
         self.proj = nn.Conv2d(3, dim, 3, padding=1)
+        if cfg.damage_channels:
+            self.damage_proj = nn.Conv2d(cfg.damage_channels, dim, 3, padding=1, bias=False)
+            self.estimator = DamageEstimator(cfg.damage_channels)
+        #: the damage every forward is told until `condition` changes it (None: each input's own estimate)
+        self.damage: torch.Tensor | None = None
         blocks: list[nn.Module] = []
         for _ in range(cfg.n_blocks):
             layers: list[nn.Module] = []
@@ -152,8 +163,20 @@ class SST(nn.Module):
         """The `network_g` dict of `config`, for checkpoint metadata and model cards (a fresh copy each time)."""
         return self.config.to_network_g()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def condition(self, damage: torch.Tensor | None) -> None:
+        """Tell every following forward this damage vector (DAMAGE_CHANNELS,): `engine.runner.Upscaler` sets
+        one estimate per image, so all its tiles are told the same; None returns to per-input estimates."""
+        self.damage = damage
+
+    def forward(self, x: torch.Tensor, damage: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 3, H, W) LR; damage: (B, C) or (C,) vectors for a conditioned network (the training batch's
+        own; else `self.damage`, else the estimator's reading of x)."""
         x = x.contiguous(memory_format=self.memory_format)
         feat = self.proj(x)
+        if self.config.damage_channels:
+            if damage is None:
+                damage = self.damage if self.damage is not None else self.estimator(x).detach().clamp_min(0.0)
+            maps = damage_maps(damage, x).contiguous(memory_format=self.memory_format)
+            feat = feat + self.damage_proj(maps)
         feat = feat + self.body(feat)
         return self.upsampler(feat, x)

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ribsr_cli.engine.attention import attention_report, configure_attention
 from ribsr_cli.engine.config import SSTConfig
+from ribsr_cli.engine.damage import Damage
 from ribsr_cli.engine.runtime import (free_memory_bytes, pick_device, pick_dtype, pick_memory_format, precision_name,
                                       run_context)
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
@@ -160,6 +161,8 @@ class Upscaler:
         self.dtype = self._prepare(dtype)
         self.context = run_context(self.device, self.dtype)
         self.report = RunReport(precision=precision_name(self.dtype), notes=loaded.notes)
+        #: what a damage-conditioned network was told for the last image (`engine.damage.Damage`), else None
+        self.last_damage: Damage | None = None
 
     @property
     def network(self) -> nn.Module:
@@ -225,6 +228,7 @@ class Upscaler:
         h, w = image.shape[:2]
         tile = self.choose_tile(h, w)
         o = self.options
+        self.last_damage = self._condition_on(image)
         while True:
             try:
                 out = upscale_image(self.network, image, self.loaded.scale, tile=tile, overlap=o.overlap,
@@ -243,6 +247,18 @@ class Upscaler:
                 tile = smaller
         self.report.kernels += [k for k in self.last_kernels() if k not in self.report.kernels]
         return out, tile
+
+    def _condition_on(self, image: np.ndarray) -> Damage | None:
+        """A damage-conditioned network (`engine.damage`) is told one estimate per image, read from the whole
+        image before tiling, so every tile (and every TTA flip) gets the same; None for any other network."""
+        config = self.loaded.config
+        if config is None or not config.damage_channels:
+            return None
+        from ribsr_cli.engine.damage import estimate_image_damage
+
+        vector = estimate_image_damage(self.network.estimator, image)
+        self.network.condition(vector)
+        return Damage.from_vector(vector)
 
     def last_kernels(self) -> list[str]:
         """The attention kernels of the last forward (a foreign model: its architecture and precision)."""

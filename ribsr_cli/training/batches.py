@@ -31,15 +31,26 @@ def make_batch(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, s
     """(lr, hr) float batches in [0, 1]; LR = MATLAB bicubic of the uint8 HR crop, rounded to uint8, or with
     degradation "real" the seeded camera-like pipeline of training.degrade (with `ranges`, else its
     defaults), also stored on uint8 levels."""
+    lr, hr, _ = make_batch_with_damage(pool, rng, batch, patch, scale, degradation, ranges)
+    return lr, hr
+
+
+def make_batch_with_damage(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, scale: int,
+                           degradation: str = "bicubic", ranges: "DegradationConfig | None" = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`make_batch` and each sample's damage vector (`engine.damage.Damage.vector`; zeros for bicubic LR),
+    or None when a sample took the two-order chain, whose damage is no three numbers. Draws exactly what
+    `make_batch` draws, so a run's batches do not depend on whether its network is damage-conditioned."""
+    from ribsr_cli.engine.damage import DAMAGE_CHANNELS
     from ribsr_cli.imaging.resize import imresize
-    from ribsr_cli.training.degrade import DEFAULT_CONFIG, DEGRADATIONS, degrade_batch
+    from ribsr_cli.training.degrade import DEFAULT_CONFIG, DEGRADATIONS, degrade_batch_with_damage
 
     if degradation not in DEGRADATIONS:
         raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
     crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale), rng)) for _ in range(batch)]
     hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # uint8 (B,3,H,W)
     if degradation == "real":
-        lr = degrade_batch(hr, scale, rng, ranges or DEFAULT_CONFIG)
+        lr, damage = degrade_batch_with_damage(hr, scale, rng, ranges or DEFAULT_CONFIG)
     else:
-        lr = imresize(hr, 1.0 / scale)
-    return lr.float() / 255.0, hr.float() / 255.0
+        lr, damage = imresize(hr, 1.0 / scale), torch.zeros(batch, DAMAGE_CHANNELS)
+    return lr.float() / 255.0, hr.float() / 255.0, damage

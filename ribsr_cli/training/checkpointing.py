@@ -8,6 +8,7 @@ resumes from the last complete file, on any device, drawing the very batches it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ribsr_cli.engine.checkpoint import PROVENANCE_KEY, read_state_dict, save_model
-from ribsr_cli.engine.grow import count_blocks, deeper, grow_state
+from ribsr_cli.engine.grow import count_blocks, grow_state
 from ribsr_cli.fileutil import atomic_path
 from ribsr_cli.training.config import TrainConfig
 
@@ -102,14 +103,17 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema: nn.Modu
 def init_body_from(model: nn.Module, path: str | Path) -> list[str]:
     """Copy every tensor whose name and shape match (the body of a x2 model into x3/x4); returns skipped keys.
 
-    A checkpoint with fewer blocks than `model` is grown first (`engine.grow`: the extra blocks start as exact
-    identities), so a deeper network starts out computing what the checkpoint computes.
+    A checkpoint with fewer blocks or damage channels than `model` is grown first (`engine.grow`: the extra
+    blocks start as exact identities, a new `damage_proj` at zero), so a deeper or damage-conditioned
+    network starts out computing what the checkpoint computes.
     """
     state, _ = read_state_dict(path)
     config = getattr(model, "config", None)
     n_source = count_blocks(state)
-    if config is not None and 0 < n_source < config.n_blocks:
-        state = grow_state(state, deeper(config, n_source), config)
+    source_damage = state["damage_proj.weight"].shape[1] if "damage_proj.weight" in state else 0
+    if config is not None and (0 < n_source < config.n_blocks or 0 <= source_damage < config.damage_channels):
+        source = dataclasses.replace(config, n_blocks=n_source or config.n_blocks, damage_channels=source_damage)
+        state = grow_state(state, source, config)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)

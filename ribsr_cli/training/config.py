@@ -46,11 +46,21 @@ class TrainConfig:
     # fields of training.degrade.DegradationConfig that differ from its defaults (`--degradation-config FILE`);
     # the run records them, and a resumed run keeps them
     degradation_overrides: dict[str, Any] = field(default_factory=dict)
+    # a damage-conditioned arch (ribsr-sd): the trained `engine.damage.DamageEstimator` built into the network
+    # (`python3 -m ribsr_cli.training.damage_estimator`); it stays frozen, and the network is told each sample's
+    # true damage plus Gaussian jitter of `damage_jitter` per component (blur, noise, JPEG; Damage.vector
+    # units): about the estimator's own held-out error (x2, 25 min: blur 0.19 px, noise 0.8 levels, JPEG 2.2
+    # points, i.e. 0.19 / 0.10 / 0.055), so the network trusts each reading as far as it deserves: little for
+    # blur, which a small crop hardly tells apart from a soft scene, more for noise and JPEG
+    damage_estimator: str = ""
+    damage_jitter: tuple[float, float, float] = (0.2, 0.1, 0.06)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.degradation_overrides and self.degradation != "real":
             raise ValueError("needs --degradation real")  # the overrides change the real pipeline only
+        if self.damage_estimator and self.degradation != "real":
+            raise ValueError("--damage-estimator needs --degradation real")
         if self.val_dir is None:
             self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
 

@@ -59,10 +59,15 @@ def rank_share(lr: torch.Tensor, hr: torch.Tensor, rank: int, world: int) -> tup
     stream. With equal slices, DDP's gradient average equals the gradient of the mean L1 over the whole
     batch (the model has no BatchNorm), so N processes follow the 1-process run's curve step for step; and
     a checkpoint holds the one stream every rank resumes from."""
+    return rank_slice(lr, rank, world), rank_slice(hr, rank, world)
+
+
+def rank_slice(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s contiguous equal slice of a global batch along its first axis (the whole of it alone)."""
     if world == 1:
-        return lr, hr
-    share = lr.shape[0] // world
-    return lr[rank * share:(rank + 1) * share], hr[rank * share:(rank + 1) * share]
+        return batch
+    share = batch.shape[0] // world
+    return batch[rank * share:(rank + 1) * share]
 
 
 def global_mean(value: torch.Tensor, distributed: bool) -> float:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ribsr_cli.engine.damage import Damage
 from ribsr_cli.pixels import round_levels
 
 DEGRADATIONS = ("bicubic", "real")
@@ -393,27 +394,48 @@ def _random_resize(x: torch.Tensor, base: tuple[int, int], probs: tuple[float, f
 
 def _random_noise(x: torch.Tensor, sigma_range: tuple[float, float], peak_range: tuple[float, float],
                   rng: np.random.Generator, cfg: DegradationConfig) -> torch.Tensor:
+    return _random_noise_level(x, sigma_range, peak_range, rng, cfg)[0]
+
+
+def _random_noise_level(x: torch.Tensor, sigma_range: tuple[float, float], peak_range: tuple[float, float],
+                        rng: np.random.Generator, cfg: DegradationConfig) -> tuple[torch.Tensor, float]:
+    """(noisy x, the noise's 8-bit standard deviation at mid grey: `engine.damage.Damage.noise`)."""
     grey = bool(rng.random() < cfg.grey_noise_prob)
     if rng.random() < cfg.gaussian_noise_prob:
-        return gaussian_noise(x, float(rng.uniform(*sigma_range)), rng, grey)
-    return poisson_noise(x, _log_uniform(rng, *peak_range), rng, grey)
+        sigma = float(rng.uniform(*sigma_range))
+        return gaussian_noise(x, sigma, rng, grey), sigma * 255.0
+    peak = _log_uniform(rng, *peak_range)
+    return poisson_noise(x, peak, rng, grey), Damage.poisson_sigma(peak)
 
 
 def _camera(x: torch.Tensor, lr_size: tuple[int, int], scale: int, rng: np.random.Generator,
-            cfg: DegradationConfig) -> torch.Tensor:
-    """The single-pass camera model (see `DegradationConfig.camera_prob`): blur, sample to LR, noise, JPEG."""
+            cfg: DegradationConfig) -> tuple[torch.Tensor, Damage]:
+    """The single-pass camera model (see `DegradationConfig.camera_prob`): blur, sample to LR, noise, JPEG;
+    returns the LR and the damage it drew (what a damage-conditioned network is told)."""
+    blur_lr, noise, quality_used = 0.0, 0.0, 100.0
     if rng.random() < cfg.camera_blur_prob:
-        sigma = float(rng.uniform(*cfg.camera_blur_sigma_lr)) * scale  # in HR pixels
+        blur_lr = float(rng.uniform(*cfg.camera_blur_sigma_lr))
+        sigma = blur_lr * scale  # in HR pixels
         x = filter2d(x, gaussian_kernel(2 * math.ceil(3 * sigma) + 1, sigma))
     x = resize(x, lr_size, "bicubic", antialias=True)
     if rng.random() < cfg.camera_noise_prob:
-        x = _random_noise(x, cfg.camera_noise_sigma, cfg.camera_poisson_peak, rng, cfg)
+        x, noise = _random_noise_level(x, cfg.camera_noise_sigma, cfg.camera_poisson_peak, rng, cfg)
     quality = int(rng.integers(cfg.jpeg_quality_final[0], cfg.jpeg_quality_final[1] + 1))
-    return jpeg(x, quality) if rng.random() < cfg.jpeg_prob_final else x
+    if rng.random() < cfg.jpeg_prob_final:
+        x, quality_used = jpeg(x, quality), float(quality)
+    return x, Damage(blur_lr, noise, quality_used)
 
 
 def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """One HR image (C, H, W) or batch (N, C, H, W), float in [0, 1], → its degraded LR, float on 256 levels.
+    """`degrade_with_damage` without the damage record (see there)."""
+    return degrade_with_damage(hr, scale, seed, cfg)[0]
+
+
+def degrade_with_damage(hr: torch.Tensor, scale: int, seed: Seed,
+                        cfg: DegradationConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, Damage | None]:
+    """(LR, the camera model's `Damage`, or None when the two-order chain ran: its damage is no three numbers).
+
+    One HR image (C, H, W) or batch (N, C, H, W), float in [0, 1], → its degraded LR, float on 256 levels.
 
     The LR is (ceil(H/scale), ceil(W/scale)), the bicubic protocol's size. A batch shares one draw of
     every random choice; call per image (or `degrade_batch`) for independent samples. With cfg.camera_prob
@@ -430,8 +452,9 @@ def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = D
     h, w = x.shape[-2:]
     lr_size = (math.ceil(h / scale), math.ceil(w / scale))
     if rng.random() < cfg.camera_prob:
-        x = to_uint8(_camera(x, lr_size, scale, rng, cfg)).to(hr.dtype) / 255.0
-        return x[0] if single else x
+        x, damage = _camera(x, lr_size, scale, rng, cfg)
+        x = to_uint8(x).to(hr.dtype) / 255.0
+        return (x[0] if single else x), damage
 
     x = filter2d(x, random_kernel(rng, cfg, cfg.blur_sigma_first, cfg.sinc_prob_first))
     x = _random_resize(x, (h, w), cfg.resize_probs_first, cfg.resize_range_first, rng, cfg)
@@ -467,7 +490,7 @@ def degrade(hr: torch.Tensor, scale: int, seed: Seed, cfg: DegradationConfig = D
     if not resize_first:
         x = to_lr(x)
     x = to_uint8(x).to(hr.dtype) / 255.0
-    return x[0] if single else x
+    return (x[0] if single else x), None
 
 
 def degrade_batch(hr_uint8: torch.Tensor, scale: int, rng: np.random.Generator,
@@ -477,13 +500,28 @@ def degrade_batch(hr_uint8: torch.Tensor, scale: int, rng: np.random.Generator,
 
     A per-sample seed keeps sample i reproducible on its own (the grid and the tests rely on it).
     """
+    return degrade_batch_with_damage(hr_uint8, scale, rng, cfg)[0]
+
+
+def degrade_batch_with_damage(hr_uint8: torch.Tensor, scale: int, rng: np.random.Generator,
+                              cfg: DegradationConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`degrade_batch` and the (N, DAMAGE_CHANNELS) damage vectors of its samples (`Damage.vector`; a clean
+    sample is all zeros), or None when any sample took the two-order chain (it has no such vector)."""
     from ribsr_cli.imaging.resize import imresize
 
     clean = rng.random(hr_uint8.shape[0]) < cfg.clean_prob
     seeds = rng.integers(0, 2**63 - 1, size=hr_uint8.shape[0])
-    lrs = [imresize(img[None], 1.0 / scale)[0] if is_clean else to_uint8(degrade(img.float() / 255.0, scale, int(s), cfg))
-           for img, s, is_clean in zip(hr_uint8, seeds, clean)]
-    return torch.stack(lrs)
+    lrs, vectors = [], []
+    for img, s, is_clean in zip(hr_uint8, seeds, clean):
+        if is_clean:
+            lrs.append(imresize(img[None], 1.0 / scale)[0])
+            vectors.append(Damage().vector())
+            continue
+        lr, damage = degrade_with_damage(img.float() / 255.0, scale, int(s), cfg)
+        lrs.append(to_uint8(lr))
+        vectors.append(damage.vector() if damage is not None else None)
+    known = all(v is not None for v in vectors)
+    return torch.stack(lrs), (torch.tensor(vectors, dtype=torch.float32) if known else None)
 
 
 # ---- the fixed evaluation recipe --------------------------------------------------------------------------

@@ -106,6 +106,21 @@ def _hardware(config: dict) -> str:
     return f"{cpu_model_name()} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
+def _first_weights(init_from: str) -> str | None:
+    """The shipped weights a chain of fine-tunes started from (their stem, e.g. ribsr-s-x2): a run that
+    started from another run's checkpoint (runs/X/best.safetensors) follows X's own init_from, so the manifest
+    (and `--denoise`, which pairs a real model with its clean origin) names the model, not "best"."""
+    seen: set[Path] = set()
+    path = Path(init_from) if init_from else None
+    while path is not None and (path.parent / "config.json").is_file() and path.parent not in seen:
+        seen.add(path.parent)
+        parent = _run_config(path.parent).get("init_from")
+        if not parent:
+            break
+        path = Path(parent)
+    return path.stem if path is not None else None
+
+
 def pick_checkpoint(run: Path, checkpoint: str = "auto") -> Path:
     """The run's weights to ship: `best` (the EMA at its best validation), `last` (the final EMA), or `auto`
     = best when the run kept one (runs since 0.4.0), else last."""
@@ -126,7 +141,7 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
         raise ExportError(run, "a real-photo model is never the default for its scale (drop --default); "
                                "users pick it with -m real or --denoise")
     src = pick_checkpoint(run, checkpoint)
-    init_from = Path(config["init_from"]).stem if config.get("init_from") else None
+    init_from = _first_weights(config.get("init_from") or "")
     training_data = TRAINING_DATA + ("; degraded on the fly by ribsr's real-photo pipeline (training/degrade.py)"
                                      if variant == "real" else "")
     model = load_model(src)
@@ -161,6 +176,10 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
     }
     if init_from:
         entry["training"]["init_from"] = init_from
+    if config.get("init_from") and Path(config["init_from"]).stem != init_from:
+        entry["training"]["continued_from"] = config["init_from"]
+    if config.get("damage_estimator"):  # a damage-conditioned network: where its frozen estimator came from
+        entry["training"]["damage_estimator"] = config["damage_estimator"]
     on = (f"{prov.get('val_psnr_y')} dB PSNR-Y on {prov.get('val_set', '?')}"
           f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
     if prov.get("soup_of"):  # scripts/soup.py: the average of several runs' best EMAs

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine import build_model, configure_attention
 from ribsr_cli.engine.runtime import pick_memory_format
-from ribsr_cli.training.batches import make_batch
+from ribsr_cli.training.batches import make_batch_with_damage
 from ribsr_cli.training.checkpointing import (STATE_FILE, best_score, init_body_from, load_training_state,
                                               restore_training_state, save_best, save_checkpoint)
 from ribsr_cli.training.config import TrainConfig, architecture
 from ribsr_cli.training.ddp import (agree_across_ranks, global_mean, join_process_group, launched_by_torchrun,
-                                    leave_process_group, rank_share, training_device, wrap)
+                                    leave_process_group, rank_share, rank_slice, training_device, wrap)
 from ribsr_cli.training.runlog import RunLog
 from ribsr_cli.training.schedule import RunClock, StepSchedule, ema_update
 from ribsr_cli.training.stopping import StopRequest
@@ -55,7 +55,10 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module
     model = build_model(arch).to(device).use_memory_format(layout)
     configure_attention(model, strategy=cfg.attention_strategy)
     ema = build_model(arch).to(device).use_memory_format(layout)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    if arch.damage_channels:  # the damage estimator is trained on its own (training.damage_estimator), then frozen
+        model.estimator.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     return model, ema, opt, rng
 
 
@@ -77,17 +80,43 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
     else:
         if cfg.init_from:
             skipped = init_body_from(model, cfg.init_from)
+            if cfg.damage_estimator:
+                skipped = [k for k in skipped if not k.startswith("estimator.")]
             log(f"initialised from {cfg.init_from}; fresh: {', '.join(skipped) or 'nothing'}")
         else:  # start as (almost) plain upsampling: a small residual on the skip path
             with torch.no_grad():
                 for name, p in model.upsampler.named_parameters():
                     if name.startswith(("up_conv", "final_conv")):
                         p.mul_(0.1)
+        if model.config.damage_channels:
+            _load_estimator(cfg, model)
         ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
     ema.eval()
     return step, seconds_before
+
+
+def _jittered(damage: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """The damage vectors a conditioned network is told in training: the true ones plus Gaussian jitter of
+    `cfg.damage_jitter` per component, at least 0 (drawn from the run's one numpy stream, which the checkpoint
+    saves)."""
+    noise = torch.from_numpy(rng.standard_normal(tuple(damage.shape))).float()
+    return (damage + torch.tensor(cfg.damage_jitter, dtype=torch.float32) * noise).clamp_min(0.0)
+
+
+def _load_estimator(cfg: TrainConfig, model: nn.Module) -> None:
+    """Put the trained damage estimator into a fresh damage-conditioned run's network; without one (and no
+    `init_from` that carried one) the network would be told noise at validation, so it is refused."""
+    from ribsr_cli.engine.checkpoint import read_state_dict
+
+    if not cfg.damage_estimator:
+        if cfg.init_from and any(k.startswith("estimator.") for k in read_state_dict(cfg.init_from)[0]):
+            return
+        raise ValueError(f"{cfg.arch} is damage-conditioned: give --damage-estimator FILE "
+                         "(python3 -m ribsr_cli.training.damage_estimator trains one)")
+    state, _ = read_state_dict(cfg.damage_estimator)
+    model.estimator.load_state_dict(state)
 
 
 def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
@@ -115,11 +144,12 @@ def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
 
 def _optimise(net: nn.Module, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
               step: int, lr_batch: torch.Tensor, hr_batch: torch.Tensor, device: torch.device,
-              autocast: torch.autocast) -> torch.Tensor:
+              autocast: torch.autocast, damage: torch.Tensor | None = None) -> torch.Tensor:
     """One optimiser step on this rank's slice: L1 under the training precision, clipping, AdamW, EMA.
-    Returns this rank's loss."""
+    `damage`: the samples' damage vectors, for a damage-conditioned network. Returns this rank's loss."""
     with autocast:
-        loss = F.l1_loss(net(lr_batch.to(device)), hr_batch.to(device))
+        sr = net(lr_batch.to(device)) if damage is None else net(lr_batch.to(device), damage.to(device))
+        loss = F.l1_loss(sr, hr_batch.to(device))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip:
@@ -161,6 +191,10 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         from ribsr_cli.training.degrade import degradation_config
         ranges = degradation_config(cfg.degradation_overrides)
         cfg.extra["degradation_config"] = asdict(ranges)
+    conditioned = bool(model.config.damage_channels)
+    if conditioned and (ranges is None or ranges.camera_prob < 1):
+        raise ValueError(f"{cfg.arch} is damage-conditioned: it trains on the camera model alone "
+                         "(--degradation real with a --degradation-config that sets camera_prob 1)")
     if rank == 0:  # one writer per file
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     autocast = training_autocast(device, cfg.precision)
@@ -186,10 +220,13 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            lr_batch, hr_batch = rank_share(*make_batch(pool, rng, cfg.batch, cfg.patch, cfg.scale, cfg.degradation,
-                                                       ranges),
-                                            rank, world)
-            loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast)
+            lr_batch, hr_batch, damage = make_batch_with_damage(pool, rng, cfg.batch, cfg.patch, cfg.scale,
+                                                                cfg.degradation, ranges)
+            lr_batch, hr_batch = rank_share(lr_batch, hr_batch, rank, world)
+            if conditioned:
+                damage = rank_slice(_jittered(damage, cfg, rng), rank, world)
+            loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast,
+                             damage if conditioned else None)
             step += 1
             schedule.recalibrate(step, log)
             loss_value = global_mean(loss, distributed)  # the whole batch's, not this rank's slice

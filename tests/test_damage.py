@@ -1,0 +1,232 @@
+"""Damage conditioning (engine.damage): the camera model records what it drew, a conditioned network grown
+from the clean one computes exactly the clean model, the runner tells every tile of an image one estimate,
+the trained estimator reads independently made damage in the right order, and a conditioned run trains
+with its estimator frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ribsr_cli.cli import app
+from ribsr_cli.engine.checkpoint import detect_arch, load_model, preset_name_of
+from ribsr_cli.engine.damage import JPEG_MCU, Damage, DamageEstimator, crop_grid, estimate_image_damage
+from ribsr_cli.engine.grow import grow_state
+from ribsr_cli.engine.network import SST
+from ribsr_cli.engine.presets import get_config
+from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
+from ribsr_cli.engine.tiling import upscale_image
+from ribsr_cli.imaging.resize import imresize
+from ribsr_cli.training.degrade import (DEFAULT_CONFIG, EvalRecipe, degrade, degrade_batch_with_damage,
+                                        degrade_for_eval, degrade_with_damage)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+#: the estimator trained for the x2 conditioned model (committed with its run: the learning curve beside it)
+ESTIMATOR = REPO / "runs" / "damage-estimator-x2-v2" / "estimator.safetensors"
+
+
+def _photo(name: str = "coffee.png", box: tuple[int, int, int, int] = (200, 120, 264, 184)) -> np.ndarray:
+    with Image.open(EXAMPLES / name) as im:
+        return np.array(im.convert("RGB").crop(box))
+
+
+def _hr_tensor(size: int = 96) -> torch.Tensor:
+    return torch.from_numpy(_photo(box=(150, 100, 150 + size, 100 + size))).permute(2, 0, 1).float() / 255
+
+
+# ---- units and the camera model's record ---------------------------------------------------------------
+
+def test_damage_units_round_trip_and_poisson_equivalent() -> None:
+    d = Damage(blur=0.4, noise=4.0, jpeg=80)
+    assert Damage.from_vector(d.vector()) == pytest.approx(d)
+    assert Damage().vector() == [0.0, 0.0, 0.0]  # a clean bicubic LR tells the network nothing
+    assert Damage.from_vector([-0.2, -1.0, -0.5]) == Damage()  # estimates below zero are clamped to physical
+    # Poisson noise of peak P at mid grey (0.5): variance 0.5 / P on [0, 1], i.e. 255 * sqrt(0.5 / P) levels
+    assert Damage.poisson_sigma(2000) == pytest.approx(255 * math.sqrt(0.5 / 2000))
+    assert Damage(0.4, 4.0, 80).describe() == "blur 0.40 px, noise 4.0 levels, JPEG q80"
+    assert "no JPEG" in Damage().describe()
+
+
+def test_the_camera_model_records_the_damage_it_drew() -> None:
+    hr = _hr_tensor()
+    fixed = dataclasses.replace(
+        DEFAULT_CONFIG, camera_prob=1.0, camera_blur_prob=1.0, camera_blur_sigma_lr=(0.5, 0.5), camera_noise_prob=1.0,
+        gaussian_noise_prob=1.0, camera_noise_sigma=(3 / 255, 3 / 255), jpeg_prob_final=1.0, jpeg_quality_final=(77, 77))
+    lr, damage = degrade_with_damage(hr, 2, 5, fixed)
+    assert damage == pytest.approx(Damage(blur=0.5, noise=3.0, jpeg=77.0))
+    assert torch.equal(lr, degrade(hr, 2, 5, fixed))  # the record costs no draw: same seed, same LR
+
+    nothing = dataclasses.replace(fixed, camera_blur_prob=0.0, camera_noise_prob=0.0, jpeg_prob_final=0.0)
+    lr, damage = degrade_with_damage(hr, 2, 5, nothing)
+    assert damage == Damage()
+    poisson = dataclasses.replace(fixed, gaussian_noise_prob=0.0, camera_poisson_peak=(2000.0, 2000.0))
+    assert degrade_with_damage(hr, 2, 5, poisson)[1].noise == pytest.approx(Damage.poisson_sigma(2000))
+    chain = dataclasses.replace(DEFAULT_CONFIG, camera_prob=0.0)
+    assert degrade_with_damage(hr, 2, 5, chain)[1] is None  # the two-order chain has no three numbers
+
+
+def test_batches_carry_vectors_clean_samples_zero_and_chain_samples_none() -> None:
+    hr = (_hr_tensor(48)[None].repeat(4, 1, 1, 1) * 255).round().to(torch.uint8)
+    clean = dataclasses.replace(DEFAULT_CONFIG, clean_prob=1.0)
+    lr, vectors = degrade_batch_with_damage(hr, 2, np.random.default_rng(1), clean)
+    assert torch.equal(lr, imresize(hr, 0.5)) and not vectors.any()
+    camera = dataclasses.replace(DEFAULT_CONFIG, clean_prob=0.0, camera_prob=1.0, jpeg_prob_final=1.0)
+    _, vectors = degrade_batch_with_damage(hr, 2, np.random.default_rng(1), camera)
+    assert vectors.shape == (4, 3) and (vectors[:, 2] > 0).all()  # JPEG every time: quality below 100
+    _, vectors = degrade_batch_with_damage(hr, 2, np.random.default_rng(1),
+                                           dataclasses.replace(DEFAULT_CONFIG, clean_prob=0.0, camera_prob=0.0))
+    assert vectors is None
+
+
+# ---- the network -----------------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_conditioned_network_grown_from_the_clean_one_is_the_clean_model_whatever_it_is_told() -> None:
+    clean = load_model(REPO / "weights" / "ribsr-s-x2.safetensors").eval()
+    conditioned = SST(get_config("ribsr-sd", 2)).eval()
+    state = grow_state(clean.state_dict(), clean.config, conditioned.config)
+    state.update({k: v for k, v in conditioned.state_dict().items() if k.startswith("estimator.")})
+    conditioned.load_state_dict(state)
+    x = torch.from_numpy(_photo()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        reference = clean(x)
+        for told in (torch.zeros(3), torch.tensor([0.4, 0.5, 0.5]), None):  # None: its own estimate
+            assert torch.equal(conditioned(x, told), reference)
+    # the file layout says what it is: three damage maps, the ribsr-sd preset
+    arch = detect_arch(conditioned.state_dict())
+    assert arch["damage_channels"] == 3 and preset_name_of(arch) == "ribsr-sd-x2"
+    assert "damage_channels" not in clean.arch  # reference networks keep the authors' network_g layout
+
+
+def test_estimate_crops_sit_on_the_jpeg_grid_inside_the_image() -> None:
+    for h, w in ((256, 256), (1000, 1500), (130, 4000), (128, 128)):
+        corners = crop_grid(h, w, 128)
+        assert 1 <= len(corners) <= 16
+        assert all(y % JPEG_MCU == 0 and x % JPEG_MCU == 0 and y + 128 <= h and x + 128 <= w for y, x in corners)
+    assert len(crop_grid(3000, 4000)) == 16  # a 12 MP photo costs the same 16 crops as a small one
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_runner_tells_every_tile_one_estimate_from_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    net = SST(get_config("ribsr-sd", 2)).eval()
+    with torch.no_grad():  # the conditioning must matter for the check below to mean anything
+        net.damage_proj.weight.normal_(0, 0.5)
+    calls = []
+    forward = net.estimator.forward
+    monkeypatch.setattr(net.estimator, "forward", lambda x: calls.append(x.shape) or forward(x))
+    image = _photo(box=(100, 80, 260, 240))  # 160 x 160: tiled at 64 px below
+    upscaler = Upscaler(LoadedModel.of(net), RunOptions(tile=64, precision="fp32"))
+    tiled, tile = upscaler.run(image)
+    assert tile == 64 and len(calls) == 1  # one estimate for the image, not one per tile
+    expected = estimate_image_damage(net.estimator, image)
+    assert torch.equal(net.damage, expected)
+    assert upscaler.last_damage == Damage.from_vector(expected)
+    net.condition(expected)
+    with torch.no_grad():
+        told = upscale_image(net, image, 2, tile=64, overlap=32)
+    assert np.array_equal(tiled, told)
+    net.condition(None)
+    with torch.no_grad():  # left to itself, each tile would read its own damage: a different picture
+        per_tile = upscale_image(net, image, 2, tile=64, overlap=32)
+    assert not np.array_equal(per_tile, tiled)
+
+
+# ---- the trained estimator on independently made damage --------------------------------------------------
+
+@pytest.mark.skipif(not ESTIMATOR.is_file(), reason="the trained x2 estimator is committed with its run")
+@pytest.mark.usefixtures("one_thread")
+def test_the_trained_estimator_reads_eval_recipes_in_order_and_near_their_values() -> None:
+    """`degrade_for_eval` (numpy blur, MATLAB bicubic, seeded Gaussian noise, Pillow JPEG) is not the training
+    pipeline; the estimator must still read its damage: heavier recipes read heavier in every component, and the
+    official recipe reads near its values."""
+    from safetensors.torch import load_file
+
+    estimator = DamageEstimator().eval()
+    estimator.load_state_dict(load_file(str(ESTIMATOR)))
+    with Image.open(EXAMPLES / "coffee.png") as im:
+        hr = np.asarray(im.convert("RGB"))
+    light, official, heavy = (EvalRecipe(blur=0.3, noise=1.5, jpeg=92), EvalRecipe(),
+                              EvalRecipe(blur=1.4, noise=7.0, jpeg=65))
+    read = {r: Damage.from_vector(estimate_image_damage(estimator, degrade_for_eval(hr, 2, r)))
+            for r in (light, official, heavy)}
+    for key in ("blur", "noise"):
+        assert getattr(read[light], key) < getattr(read[official], key) < getattr(read[heavy], key), key
+    assert read[light].jpeg > read[official].jpeg > read[heavy].jpeg
+    truth = Damage(blur=0.8 / 2, noise=4.0, jpeg=80)
+    assert abs(read[official].blur - truth.blur) < 0.15
+    assert abs(read[official].noise - truth.noise) < 1.5
+    assert abs(read[official].jpeg - truth.jpeg) < 8
+
+
+# ---- training --------------------------------------------------------------------------------------------
+
+def test_a_conditioned_run_needs_its_estimator_and_the_camera_model(tmp_path: Path, pool: Path) -> None:
+    base = ["train", "--arch", "ribsr-sd", "--degradation", "real", "--data", str(pool), "--val", "",
+            "--steps", "3", "--warmup", "1", "--patch", "24", "--batch", "2",
+            "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors")]
+    runner = CliRunner()
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"camera_prob": 1.0}))
+    no_estimator = runner.invoke(app, base + ["--out", str(tmp_path / "a"), "--degradation-config", str(camera)])
+    assert no_estimator.exit_code == 2 and "give --damage-estimator FILE" in no_estimator.output
+    estimator = tmp_path / "estimator.safetensors"
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    save_file(DamageEstimator().state_dict(), str(estimator))
+    chain = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--damage-estimator", str(estimator)])
+    assert chain.exit_code == 2 and "camera_prob 1" in chain.output  # the default mix has chain samples
+    bicubic = runner.invoke(app, ["train", "--arch", "ribsr-sd", "--damage-estimator", str(estimator),
+                                  "--out", str(tmp_path / "c")])
+    assert bicubic.exit_code == 2 and "needs --degradation real" in bicubic.output
+
+    run = tmp_path / "run"
+    ok = runner.invoke(app, base + ["--out", str(run), "--degradation-config", str(camera),
+                                    "--damage-estimator", str(estimator)])
+    assert ok.exit_code == 0, ok.output
+    state = torch.load(run / "last.pt", weights_only=True)
+    start = load_model(REPO / "weights" / "ribsr-s-x2.safetensors").state_dict()
+    trained = state["model"]
+    assert state["step"] == 3
+    from safetensors.torch import load_file
+
+    for key, value in load_file(str(estimator)).items():  # frozen: exactly the file it was given
+        assert torch.equal(trained[f"estimator.{key}"], value), key
+    # the damage maps' weights started at zero and learned; the image's own conv started at the clean weights
+    assert trained["damage_proj.weight"].abs().sum() > 0
+    assert not torch.equal(trained["proj.weight"], start["proj.weight"])
+    assert json.loads((run / "config.json").read_text())["damage_estimator"] == str(estimator)
+
+    # a better estimator later: `install` swaps it into every file of the run and leaves the network alone
+    from ribsr_cli.training.damage_estimator import install
+
+    torch.manual_seed(4)
+    other = tmp_path / "other.safetensors"
+    save_file(DamageEstimator().state_dict(), str(other))
+    before = load_model(run / "ema.safetensors").state_dict()
+    install(other, run, log=lambda _: None)
+    after = load_model(run / "ema.safetensors").state_dict()
+    resumable = torch.load(run / "last.pt", weights_only=True)
+    for key, value in load_file(str(other)).items():
+        assert torch.equal(after[f"estimator.{key}"], value) and torch.equal(resumable["ema"][f"estimator.{key}"], value)
+    for key, value in before.items():
+        if not key.startswith("estimator."):
+            assert torch.equal(after[key], value), key
+    assert json.loads((run / "config.json").read_text())["damage_estimator"] == str(other)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("ema.safetensors", "config.json"):
+        (plain / name).write_bytes((REPO / "runs" / "ribsr-s-real-x2-typical" / name).read_bytes())
+    with pytest.raises(ValueError, match="not a damage-conditioned network"):
+        install(other, plain)
