@@ -90,10 +90,11 @@ def test_batches_carry_vectors_clean_samples_zero_and_chain_samples_none() -> No
 
 # ---- the network -----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("preset", ["ribsr-sd", "ribsr-sdm"])
 @pytest.mark.usefixtures("one_thread")
-def test_a_conditioned_network_grown_from_the_clean_one_is_the_clean_model_whatever_it_is_told() -> None:
+def test_a_conditioned_network_grown_from_the_clean_one_is_the_clean_model_whatever_it_is_told(preset: str) -> None:
     clean = load_model(REPO / "weights" / "ribsr-s-x2.safetensors").eval()
-    conditioned = SST(get_config("ribsr-sd", 2)).eval()
+    conditioned = SST(get_config(preset, 2)).eval()
     state = grow_state(clean.state_dict(), clean.config, conditioned.config)
     state.update({k: v for k, v in conditioned.state_dict().items() if k.startswith("estimator.")})
     conditioned.load_state_dict(state)
@@ -102,10 +103,17 @@ def test_a_conditioned_network_grown_from_the_clean_one_is_the_clean_model_whate
         reference = clean(x)
         for told in (torch.zeros(3), torch.tensor([0.4, 0.5, 0.5]), None):  # None: its own estimate
             assert torch.equal(conditioned(x, told), reference)
-    # the file layout says what it is: three damage maps, the ribsr-sd preset
+    # the file layout says what it is: three damage maps (and per-layer modulation), the preset
     arch = detect_arch(conditioned.state_dict())
-    assert arch["damage_channels"] == 3 and preset_name_of(arch) == "ribsr-sd-x2"
+    assert arch["damage_channels"] == 3 and preset_name_of(arch) == f"{preset}-x2"
     assert "damage_channels" not in clean.arch  # reference networks keep the authors' network_g layout
+    if preset == "ribsr-sdm":  # once the layers' modulation is trained, what the network is told matters
+        with torch.no_grad():
+            for name, p in conditioned.named_parameters():
+                if "damage_mod" in name:
+                    p.normal_(0, 0.05)
+            light, heavy = conditioned(x, torch.tensor([0.1, 0.1, 0.1])), conditioned(x, torch.tensor([0.8, 0.8, 0.8]))
+        assert not torch.equal(light, heavy) and not torch.equal(light, reference)
 
 
 def test_estimate_crops_sit_on_the_jpeg_grid_inside_the_image() -> None:

@@ -96,6 +96,7 @@ def detect_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     arch: dict[str, Any] = {"dim": dim, "n_blocks": n_blocks}
     if "damage_proj.weight" in state:  # ribsr's damage-conditioned networks (engine.damage)
         arch["damage_channels"] = state["damage_proj.weight"].shape[1]
+        arch["damage_modulation"] = "body.0.0.damage_mod.weight" in state
     heads, ranks, rpb_windows = [], [], []
     first = "body.0.0.attn."
     if first + "to_hidden" in state:

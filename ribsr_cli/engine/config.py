@@ -39,7 +39,7 @@ NETWORK_G_DEFAULTS: dict[str, Any] = {
 }
 #: ribsr's extension keys: written only when they differ from these values, so a reference network's
 #: `network_g` stays exactly the authors' layout
-EXTENSION_DEFAULTS: dict[str, Any] = {"damage_channels": 0}
+EXTENSION_DEFAULTS: dict[str, Any] = {"damage_channels": 0, "damage_modulation": False}
 KNOWN_KEYS = set(NETWORK_G_DEFAULTS) | set(EXTENSION_DEFAULTS) | {"type"}
 
 
@@ -73,6 +73,8 @@ class SSTConfig:
     intermediate_dim: int = 64
     #: ribsr's damage-conditioned networks (`engine.damage`): constant maps concatenated to the LR at `proj`
     damage_channels: int = 0
+    #: and, with it, a damage-dependent scale and shift of every layer's norms (`network.Layer`)
+    damage_modulation: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.window_sizes)
@@ -91,6 +93,8 @@ class SSTConfig:
             raise ValueError(f"upscaling_factor must be >= 1, got {self.scale}")
         if self.damage_channels < 0:
             raise ValueError(f"damage_channels must be >= 0, got {self.damage_channels}")
+        if self.damage_modulation and not self.damage_channels:
+            raise ValueError("damage_modulation needs damage_channels")
         for j, heads in enumerate(self.num_heads):
             if self.dim % heads:
                 raise ValueError(f"dim {self.dim} is not divisible by num_heads {heads} (layer {j})")
@@ -129,6 +133,7 @@ class SSTConfig:
             gate_type=GATES[gate],
             intermediate_dim=int(g["intermediate_dim"]),
             damage_channels=int(arch.get("damage_channels", EXTENSION_DEFAULTS["damage_channels"])),
+            damage_modulation=bool(arch.get("damage_modulation", EXTENSION_DEFAULTS["damage_modulation"])),
         )
 
     def to_network_g(self) -> dict[str, Any]:

@@ -16,8 +16,8 @@ closing LayerNorm and Conv3x3 move to the end. Only the block count may grow: a 
 function-preserving (the channel LayerNorm's statistics would change).
 
 The same holds for damage conditioning (`engine.damage`): a network whose `damage_proj` is zero adds exactly
-0.0 to proj(x), so it ignores the damage maps and computes the clean network's output bit for bit.
-`grow_state` adds that zero `damage_proj`; the `DamageEstimator`'s weights are not part of such growth (it
+0.0 to proj(x), and a layer whose `damage_mod` is zero scales its norms by exactly 1 and shifts them by 0, so
+it ignores the damage and computes the clean network's output bit for bit. `grow_state` adds those zeros; the `DamageEstimator`'s weights are not part of such growth (it
 has no clean counterpart): a conditioned network's own estimator is loaded beside (`estimator_keys`).
 """
 
@@ -36,7 +36,9 @@ _BODY_KEY = re.compile(r"^body\.(\d+)\.(.*)$")
 def can_grow(small: SSTConfig, large: SSTConfig) -> bool:
     """True when `large` is `small` with at least as many blocks and damage channels, nothing else changed."""
     return (large.n_blocks >= small.n_blocks and large.damage_channels >= small.damage_channels
-            and dataclasses.replace(small, n_blocks=large.n_blocks, damage_channels=large.damage_channels) == large)
+            and large.damage_modulation >= small.damage_modulation
+            and dataclasses.replace(small, n_blocks=large.n_blocks, damage_channels=large.damage_channels,
+                                    damage_modulation=large.damage_modulation) == large)
 
 
 def estimator_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,6 +70,12 @@ def grow_state(state: dict[str, torch.Tensor], small: SSTConfig,
     if large.damage_channels and not small.damage_channels:
         grown["damage_proj.weight"] = state["proj.weight"].new_zeros(
             (large.dim, large.damage_channels, *state["proj.weight"].shape[2:]))
+    if large.damage_modulation and not small.damage_modulation:  # every layer's modulation starts at zero
+        for b in range(n_to):
+            for j in range(len(large.window_sizes)):
+                grown[f"body.{b}.{j}.damage_mod.weight"] = state["proj.weight"].new_zeros(
+                    (4 * large.dim, large.damage_channels))
+                grown[f"body.{b}.{j}.damage_mod.bias"] = state["proj.weight"].new_zeros(4 * large.dim)
     for k in range(n_from, n_to):
         for rest, value in by_block[(k - n_from) % n_from].items():
             copy = value.clone()

@@ -55,25 +55,44 @@ class ConvFFN(nn.Module):
 
 
 class Layer(nn.Module):
-    """Pre-norm transformer layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm transformer layer: x + attn(norm(x)), then x + ffn(norm(x)).
 
-    def __init__(self, dim: int, exp_ratio: float, attn: WindowAttention) -> None:
+    With `damage_channels` (a damage-modulated network, `SSTConfig.damage_modulation`), each norm's output is
+    scaled and shifted per channel by a linear map of the damage vector, norm(x)·(1 + γ(d)) + β(d) (as
+    adaLN-Zero conditions a transformer): every layer can change its behaviour with the damage, where the
+    input term alone gives one bias at the stem. The map starts at zero, so the layer starts unmodulated.
+    """
+
+    def __init__(self, dim: int, exp_ratio: float, attn: WindowAttention, damage_channels: int = 0) -> None:
         super().__init__()
         self.norm_attn = ChannelLayerNorm(dim)
         self.attn = attn
         self.norm_ffn = ChannelLayerNorm(dim)
         self.ffn = ConvFFN(dim, exp_ratio)
+        if damage_channels:
+            self.damage_mod = nn.Linear(damage_channels, 4 * dim)
+            nn.init.zeros_(self.damage_mod.weight)
+            nn.init.zeros_(self.damage_mod.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x))
-        return x + self.ffn(self.norm_ffn(x))
+    def forward(self, x: torch.Tensor, damage: torch.Tensor | None = None) -> torch.Tensor:
+        if damage is None or not hasattr(self, "damage_mod"):
+            x = x + self.attn(self.norm_attn(x))
+            return x + self.ffn(self.norm_ffn(x))
+        scale_a, shift_a, scale_f, shift_f = (t[:, :, None, None].to(x.dtype)
+                                              for t in self.damage_mod(damage).chunk(4, dim=1))
+        x = x + self.attn(self.norm_attn(x) * (1 + scale_a) + shift_a)
+        return x + self.ffn(self.norm_ffn(x) * (1 + scale_f) + shift_f)
 
 
 class Block(nn.Sequential):
-    """Layers (one per window size) then Conv3x3, with a residual around all of it."""
+    """Layers (one per window size) then Conv3x3, with a residual around all of it; a damage vector reaches
+    the layers of a damage-modulated network."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return x + super().forward(x)
+    def forward(self, x: torch.Tensor, damage: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        h = x
+        for module in self:
+            h = module(h, damage) if isinstance(module, Layer) else module(h)
+        return x + h
 
 
 class PixelShuffleDirect(nn.Module):
@@ -138,7 +157,8 @@ class SST(nn.Module):
                     rib_n_freqs=cfg.rib_n_freqs,
                     gate=cfg.gate_type is not None,
                 )
-                layers.append(Layer(dim, cfg.exp_ratio, attn))
+                layers.append(Layer(dim, cfg.exp_ratio, attn,
+                                    cfg.damage_channels if cfg.damage_modulation else 0))
             layers.append(nn.Conv2d(dim, dim, 3, padding=1))
             blocks.append(Block(*layers))
         blocks += [ChannelLayerNorm(dim), nn.Conv2d(dim, dim, 3, padding=1)]
@@ -173,10 +193,14 @@ class SST(nn.Module):
         own; else `self.damage`, else the estimator's reading of x)."""
         x = x.contiguous(memory_format=self.memory_format)
         feat = self.proj(x)
-        if self.config.damage_channels:
-            if damage is None:
-                damage = self.damage if self.damage is not None else self.estimator(x).detach().clamp_min(0.0)
-            maps = damage_maps(damage, x).contiguous(memory_format=self.memory_format)
-            feat = feat + self.damage_proj(maps)
-        feat = feat + self.body(feat)
-        return self.upsampler(feat, x)
+        if not self.config.damage_channels:
+            return self.upsampler(feat + self.body(feat), x)
+        if damage is None:
+            damage = self.damage if self.damage is not None else self.estimator(x).detach().clamp_min(0.0)
+        maps = damage_maps(damage, x).contiguous(memory_format=self.memory_format)
+        feat = feat + self.damage_proj(maps)
+        vectors = (damage if damage.dim() == 2 else damage[None].expand(x.shape[0], -1)).to(x.device, torch.float32)
+        h = feat
+        for module in self.body:
+            h = module(h, vectors) if isinstance(module, Block) else module(h)
+        return self.upsampler(feat + h, x)

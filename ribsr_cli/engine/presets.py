@@ -48,6 +48,11 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     # conditioning weights start at zero), so `--denoise` mixes it with its clean ribsr-s partner.
     "ribsr-sd": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=3, exp_ratio=2,
                      upsampler_type="pixelshuffle_direct", window_sizes=[8, 16], damage_channels=3),
+    # ribsr-sd whose every layer is also modulated by the damage (network.Layer: adaLN-Zero style), ~+1.5 k
+    # parameters; grows exactly from ribsr-s and from ribsr-sd
+    "ribsr-sdm": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=3, exp_ratio=2,
+                      upsampler_type="pixelshuffle_direct", window_sizes=[8, 16], damage_channels=3,
+                      damage_modulation=True),
 }
 
 

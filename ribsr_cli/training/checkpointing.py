@@ -111,8 +111,11 @@ def init_body_from(model: nn.Module, path: str | Path) -> list[str]:
     config = getattr(model, "config", None)
     n_source = count_blocks(state)
     source_damage = state["damage_proj.weight"].shape[1] if "damage_proj.weight" in state else 0
-    if config is not None and (0 < n_source < config.n_blocks or 0 <= source_damage < config.damage_channels):
-        source = dataclasses.replace(config, n_blocks=n_source or config.n_blocks, damage_channels=source_damage)
+    source_modulated = "body.0.0.damage_mod.weight" in state
+    if config is not None and (0 < n_source < config.n_blocks or source_damage < config.damage_channels
+                               or source_modulated < config.damage_modulation):
+        source = dataclasses.replace(config, n_blocks=n_source or config.n_blocks, damage_channels=source_damage,
+                                     damage_modulation=source_modulated)
         state = grow_state(state, source, config)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
