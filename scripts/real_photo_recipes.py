@@ -21,15 +21,7 @@ from ribsr_cli.engine.runner import RunOptions, load_upscaler
 from ribsr_cli.evaluation import discover_dataset, evaluate
 from ribsr_cli.fileutil import atomic_write_text
 from ribsr_cli.paths import REPO_ROOT, benchmarks_dir
-
-#: (label, --degrade value): the official recipe, then softer-and-quieter, sharper-and-noisier, light,
-#: moderate everything, and no blur at all (noise and JPEG only)
-RECIPES = [("official", "real"),
-           ("soft, quiet, q90", "real:blur=1.2,noise=2,jpeg=90"),
-           ("sharp, noisy, q70", "real:blur=0.5,noise=6,jpeg=70"),
-           ("light, q95", "real:blur=0.3,noise=3,jpeg=95"),
-           ("moderate, q85", "real:blur=1,noise=5,jpeg=85"),
-           ("no blur, q75", "real:blur=0,noise=4,jpeg=75")]
+from ribsr_cli.training.degrade import CHECK_RECIPES as RECIPES  # the six recipes (their one home)
 
 
 def main() -> None:

@@ -250,7 +250,8 @@ class Upscaler:
 
     def _condition_on(self, image: np.ndarray) -> Damage | None:
         """A damage-conditioned network (`engine.damage`) is told one estimate per image, read from the whole
-        image before tiling, so every tile (and every TTA flip) gets the same; None for any other network."""
+        image before tiling, so every tile (and every TTA flip) gets the same; returns what was read, None
+        for any other network."""
         config = self.loaded.config
         if config is None or not config.damage_channels:
             return None

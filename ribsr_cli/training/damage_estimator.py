@@ -13,7 +13,7 @@ validation set checks that it reads an independently made degradation.
 writes estimator.safetensors (the weights `ribsr train --damage-estimator` builds into a conditioned network)
 and log.csv. One thread, minutes; no resume (a rerun starts over: it is cheap).
 
-    python3 -m ribsr_cli.training.damage_estimator install runs/damage-estimator-x2-v2/estimator.safetensors \
+    python3 -m ribsr_cli.training.damage_estimator install runs/damage-estimator-x2-v2/estimator.safetensors \\
         runs/ribsr-sd-real-x2
 
 puts a (better) estimator into a conditioned run that trained with another one. The network's own weights do

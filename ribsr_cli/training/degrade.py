@@ -586,6 +586,16 @@ class EvalRecipe:
 
 OFFICIAL_RECIPE = EvalRecipe()
 
+#: (label, --degrade value): the official recipe, then softer-and-quieter, sharper-and-noisier, light,
+#: moderate everything, and no blur at all (noise and JPEG only). The real models are chosen on their mean
+#: (scripts/real_photo_recipes.py, README "Other recipes"), so that none is tuned to the one official point.
+CHECK_RECIPES = [("official", "real"),
+                 ("soft, quiet, q90", "real:blur=1.2,noise=2,jpeg=90"),
+                 ("sharp, noisy, q70", "real:blur=0.5,noise=6,jpeg=70"),
+                 ("light, q95", "real:blur=0.3,noise=3,jpeg=95"),
+                 ("moderate, q85", "real:blur=1,noise=5,jpeg=85"),
+                 ("no blur, q75", "real:blur=0,noise=4,jpeg=75")]
+
 
 def _eval_seed(hr: np.ndarray, scale: int) -> int:
     """A seed from the image's bytes, shape and scale: the same image always gets the same noise."""
