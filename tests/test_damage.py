@@ -238,3 +238,24 @@ def test_a_conditioned_run_needs_its_estimator_and_the_camera_model(tmp_path: Pa
         (plain / name).write_bytes((REPO / "runs" / "ribsr-s-real-x2-typical" / name).read_bytes())
     with pytest.raises(ValueError, match="not a damage-conditioned network"):
         install(other, plain)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_upscale_reports_the_damage_it_read_per_file(tmp_path: Path) -> None:
+    """`upscale -v` prints, and `--json` records, what a damage-conditioned model read from each file."""
+    from safetensors.torch import load_file
+
+    from ribsr_cli.engine.checkpoint import save_model
+
+    net = SST(get_config("ribsr-sd", 2)).eval()
+    if ESTIMATOR.is_file():
+        net.estimator.load_state_dict(load_file(str(ESTIMATOR)))
+    model = tmp_path / "sd.safetensors"
+    save_model(net, model)
+    Image.fromarray(_photo(box=(100, 80, 228, 208))).save(tmp_path / "in.png")
+    result = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.png"), "-m", str(model), "-o", str(tmp_path / "out"),
+                                      "-v", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    read = json.loads((tmp_path / "r.json").read_text())["files"][0]["damage_read"]
+    assert read.startswith("blur ") and "levels" in read
+    assert f"read damage: {read}" in " ".join(result.output.split())

@@ -556,13 +556,14 @@ def test_json_report_schema(tmp_path: Path, model_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model"] == model_path.stem and report["scale"] == 2
     keys = {"input", "output", "status", "error", "input_size", "output_size", "seconds", "warnings", "kernels",
-            "tile"}
+            "tile", "damage_read"}
     files = {Path(f["input"]).name: f for f in report["files"]}
     assert all(set(f) == keys for f in files.values())
     done, skipped, failed = files["new.png"], files["old.png"], files["broken.png"]
     assert done["status"] == "done" and done["error"] is None
     assert done["input_size"] == [48, 40] and done["output_size"] == [96, 80] and done["seconds"] > 0
     assert skipped["status"] == "skipped" and skipped["output_size"] is None and skipped["kernels"] == []
+    assert done["damage_read"] is None  # only a damage-conditioned model reads the damage
     assert failed["status"] == "failed" and isinstance(failed["error"], str) and failed["output_size"] is None
     (tmp_path / "blocker").write_text("a file, so no folder can be under it")
     unwritable = upscale(model_path, src / "new.png", "-o", tmp_path / "out", "--json", tmp_path / "blocker" / "r.json")
