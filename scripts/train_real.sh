@@ -8,7 +8,7 @@
 # Usage: nohup scripts/train_real.sh > runs/logs/train_real.log 2>&1 &
 # Then ship (never --default: export refuses it for a real run; variant, init_from and degraded scores are
 # read from the run and measured into weights/MANIFEST.json, and README's models table is re-rendered):
-#   python3 -m ribsr_cli export runs/ribsr-s-real-x2-typical --name ribsr-s-real-x2
+#   python3 -m ribsr_cli export runs/ribsr-sd-real-x2 --name ribsr-s-real-x2    (0.7.0: the damage-aware run)
 #   python3 -m ribsr_cli export runs/ribsr-s-real-x4-typical-soup --name ribsr-s-real-x4
 #   python3 -m ribsr_cli.training.export --remeasure ribsr-s-x2 --remeasure ribsr-s-x3 --remeasure ribsr-s-x4
 #       (only if their entries lack metrics_degraded; weights and sha256 stay as they are)
@@ -74,9 +74,12 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
   #   stage ribsr-s-real-x2-v4 2 35 ... chain-only.json; stage ribsr-s-real-x2 2 "${X2_MINUTES:-55}" ...;
   #   soup ribsr-s-real-x2-soup ribsr-s-real-x2-v4 ribsr-s-real-x2   (as the x4 lines above)
   stage ribsr-s-real-x2-typical 2 50 2e-4 200 weights/ribsr-s-x2.safetensors scripts/degradation/typical-camera-x2.json
-  # layer 4 (0.7.0): the damage-conditioned ribsr-sd (engine/damage.py). First its estimator, trained on the same
-  # camera model (25 min on one thread; a rerun starts over), then the network, continued from -typical with
-  # the estimator frozen and told each sample's true damage (105 min)
+  # layer 4 (0.7.0, shipped): the damage-conditioned ribsr-sd (engine/damage.py). First its estimator, trained on
+  # the same camera model (25 min on one thread; a rerun starts over), then the network, continued from -typical
+  # with the estimator frozen and told each sample's true damage (105 min; the shipped run was stopped at 94).
+  # The shipped run trained beside an earlier estimator (runs/damage-estimator-x2-v1, 700 steps) and got -v2
+  # afterwards with `python3 -m ribsr_cli.training.damage_estimator install ESTIMATOR RUN` (exact: the network's
+  # weights do not depend on the estimator; only which checkpoint scored best on validation could).
   [[ -f runs/damage-estimator-x2-v2/estimator.safetensors ]] || $PY -m ribsr_cli.training.damage_estimator \
       --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json \
       --out runs/damage-estimator-x2-v2 --minutes 25 --threads "$THREADS" --val ../shared/benchmarks/Set5
