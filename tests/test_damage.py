@@ -215,6 +215,14 @@ def test_a_conditioned_run_needs_its_estimator_and_the_camera_model(tmp_path: Pa
     assert trained["damage_proj.weight"].abs().sum() > 0
     assert not torch.equal(trained["proj.weight"], start["proj.weight"])
     assert json.loads((run / "config.json").read_text())["damage_estimator"] == str(estimator)
+    # a run continued from a conditioned checkpoint takes the estimator that checkpoint carries
+    follow = tmp_path / "follow"
+    carried = runner.invoke(app, [a if a != str(REPO / "weights" / "ribsr-s-x2.safetensors") else str(run / "ema.safetensors")
+                                  for a in base] + ["--out", str(follow), "--degradation-config", str(camera)])
+    assert carried.exit_code == 0, carried.output
+    followed = torch.load(follow / "last.pt", weights_only=True)["model"]
+    for key, value in load_file(str(estimator)).items():
+        assert torch.equal(followed[f"estimator.{key}"], value), key
 
     # a better estimator later: `install` swaps it into every file of the run and leaves the network alone
     from ribsr_cli.training.damage_estimator import install

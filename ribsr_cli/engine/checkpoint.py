@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ribsr_cli.engine.grow import count_blocks
+from ribsr_cli.engine.grow import count_blocks, damage_layout
 from ribsr_cli.engine.network import SST
 from ribsr_cli.errors import CheckpointError  # re-exported: callers import it from here
 from ribsr_cli.fileutil import atomic_path
@@ -94,9 +94,9 @@ def detect_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     while f"body.0.{n_layers}.norm_attn.weight" in state:
         n_layers += 1
     arch: dict[str, Any] = {"dim": dim, "n_blocks": n_blocks}
-    if "damage_proj.weight" in state:  # ribsr's damage-conditioned networks (engine.damage)
-        arch["damage_channels"] = state["damage_proj.weight"].shape[1]
-        arch["damage_modulation"] = "body.0.0.damage_mod.weight" in state
+    damage_channels, damage_modulation = damage_layout(state)
+    if damage_channels:  # ribsr's damage-conditioned networks (engine.damage)
+        arch.update(damage_channels=damage_channels, damage_modulation=damage_modulation)
     heads, ranks, rpb_windows = [], [], []
     first = "body.0.0.attn."
     if first + "to_hidden" in state:

@@ -71,7 +71,7 @@ class SSTConfig:
     upsampler_type: str = "pixelshuffle"
     gate_type: Optional[str] = "DWC"
     intermediate_dim: int = 64
-    #: ribsr's damage-conditioned networks (`engine.damage`): constant maps concatenated to the LR at `proj`
+    #: ribsr's damage-conditioned networks (`engine.damage`): a conv of constant damage maps added to proj(x)
     damage_channels: int = 0
     #: and, with it, a damage-dependent scale and shift of every layer's norms (`network.Layer`)
     damage_modulation: bool = False

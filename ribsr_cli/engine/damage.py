@@ -37,9 +37,9 @@ JPEG_UNIT = 40.0  # quality points below 100
 #: the estimator reads at most this many crops of this side (LR px) from an image, spread over a grid, and
 #: takes the per-component median: the cost stays fixed on a 24 MP photo and a clipped sky does not decide
 ESTIMATE_CROP = 128
+ESTIMATE_MAX_CROPS = 16
 #: the estimator's high-pass input is amplified so that a few 8-bit levels of noise are not lost beside the image
 HIGH_PASS_GAIN = 16.0
-ESTIMATE_MAX_CROPS = 16
 #: JPEG's minimum coded unit with 4:2:0 chroma (16 px): crops start on it, so the 8x8 luma and the 16x16
 #: chroma blocks fall where the estimator learned them
 JPEG_MCU = 16
@@ -78,7 +78,7 @@ class DamageEstimator(nn.Module):
     """LR image (B, 3, H, W) in [0, 1] → damage vectors (B, DAMAGE_CHANNELS).
 
     Two full-resolution 3x3 convolutions see single-pixel noise and the 8x8 JPEG grid before anything is
-    pooled; three stride-2 stages widen the view for blur; a global mean makes it any-size. ~60 k parameters:
+    pooled; three stride-2 stages widen the view for blur; a global mean makes it any-size. ~76 k parameters:
     a 128-px crop costs well under a millisecond of a super-resolution tile's time.
     """
 
@@ -135,6 +135,5 @@ def estimate_image_damage(estimator: nn.Module, image: np.ndarray) -> torch.Tens
 
 
 def damage_maps(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B, C) vectors (or one (C,) vector for the whole batch) as constant (B, C, H, W) maps shaped like `like`."""
-    v = vectors if vectors.dim() == 2 else vectors[None].expand(like.shape[0], -1)
-    return v.to(device=like.device, dtype=like.dtype)[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+    """(B, C) damage vectors as constant (B, C, H, W) maps shaped like `like` (its device and dtype)."""
+    return vectors.to(device=like.device, dtype=like.dtype)[:, :, None, None].expand(-1, -1, *like.shape[-2:])

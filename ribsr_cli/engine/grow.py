@@ -85,6 +85,13 @@ def grow_state(state: dict[str, torch.Tensor], small: SSTConfig,
     return grown
 
 
+def damage_layout(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
+    """(damage_channels, damage_modulation) an SST state dict holds ((0, False) for a plain network)."""
+    if "damage_proj.weight" not in state:
+        return 0, False
+    return state["damage_proj.weight"].shape[1], "body.0.0.damage_mod.weight" in state
+
+
 def count_blocks(state: dict[str, torch.Tensor]) -> int:
     """How many blocks an SST state dict holds (0 when it is not one)."""
     n = 0

@@ -197,9 +197,8 @@ class SST(nn.Module):
             return self.upsampler(feat + self.body(feat), x)
         if damage is None:
             damage = self.damage if self.damage is not None else self.estimator(x).detach().clamp_min(0.0)
-        maps = damage_maps(damage, x).contiguous(memory_format=self.memory_format)
-        feat = feat + self.damage_proj(maps)
         vectors = (damage if damage.dim() == 2 else damage[None].expand(x.shape[0], -1)).to(x.device, torch.float32)
+        feat = feat + self.damage_proj(damage_maps(vectors, x).contiguous(memory_format=self.memory_format))
         h = feat
         for module in self.body:
             h = module(h, vectors) if isinstance(module, Block) else module(h)

@@ -44,7 +44,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "ribsr-s6": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=6, exp_ratio=2,
                      upsampler_type="pixelshuffle_direct", window_sizes=[8, 16]),
     # ribsr-s told the camera damage (engine.damage): blur/noise/JPEG maps at its first convolution and the
-    # ~70 k-parameter estimator that reads them from the LR; grows exactly from ribsr-s (engine.grow: the
+    # ~76 k-parameter estimator that reads them from the LR; grows exactly from ribsr-s (engine.grow: the
     # conditioning weights start at zero), so `--denoise` mixes it with its clean ribsr-s partner.
     "ribsr-sd": dict(dim=32, num_heads=2, ranks=[8, 8], n_blocks=3, exp_ratio=2,
                      upsampler_type="pixelshuffle_direct", window_sizes=[8, 16], damage_channels=3),

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ribsr_cli.engine.attention import attention_report, configure_attention
 from ribsr_cli.engine.config import SSTConfig
-from ribsr_cli.engine.damage import Damage
+from ribsr_cli.engine.damage import Damage, estimate_image_damage
 from ribsr_cli.engine.runtime import (free_memory_bytes, pick_device, pick_dtype, pick_memory_format, precision_name,
                                       run_context)
 from ribsr_cli.engine.tiling import OutOfMemory, upscale_image
@@ -255,8 +255,6 @@ class Upscaler:
         config = self.loaded.config
         if config is None or not config.damage_channels:
             return None
-        from ribsr_cli.engine.damage import estimate_image_damage
-
         vector = estimate_image_damage(self.network.estimator, image)
         self.network.condition(vector)
         return Damage.from_vector(vector)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ribsr_cli.engine.checkpoint import PROVENANCE_KEY, read_state_dict, save_model
-from ribsr_cli.engine.grow import count_blocks, grow_state
+from ribsr_cli.engine.grow import count_blocks, damage_layout, grow_state
 from ribsr_cli.fileutil import atomic_path
 from ribsr_cli.training.config import TrainConfig
 
@@ -110,8 +110,7 @@ def init_body_from(model: nn.Module, path: str | Path) -> list[str]:
     state, _ = read_state_dict(path)
     config = getattr(model, "config", None)
     n_source = count_blocks(state)
-    source_damage = state["damage_proj.weight"].shape[1] if "damage_proj.weight" in state else 0
-    source_modulated = "body.0.0.damage_mod.weight" in state
+    source_damage, source_modulated = damage_layout(state)
     if config is not None and (0 < n_source < config.n_blocks or source_damage < config.damage_channels
                                or source_modulated < config.damage_modulation):
         source = dataclasses.replace(config, n_blocks=n_source or config.n_blocks, damage_channels=source_damage,

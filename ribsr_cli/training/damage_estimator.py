@@ -62,13 +62,14 @@ def component_errors(predicted: torch.Tensor, true: torch.Tensor) -> dict[str, f
 def official_recipe_reading(estimator: DamageEstimator, val_dir: Path, scale: int) -> list[str]:
     """What the estimator reads on each validation image degraded with the official eval recipe."""
     from ribsr_cli.evaluation import discover_dataset, load_pair
+    from ribsr_cli.pixels import to_rgb
 
     dataset = discover_dataset(val_dir)
     lines = []
     for hr_file in dataset.hr_files:
         lr, _ = load_pair(dataset, hr_file, scale, degrade="real")[:2]
-        rgb = np.repeat(lr[..., None], 3, axis=2) if lr.ndim == 2 else lr
-        lines.append(f"{hr_file.stem}: {Damage.from_vector(estimate_image_damage(estimator, rgb)).describe()}")
+        read = estimate_image_damage(estimator, to_rgb(lr))
+        lines.append(f"{hr_file.stem}: {Damage.from_vector(read).describe()}")
     return lines
 
 
@@ -124,7 +125,9 @@ def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: floa
         writer.writerows(rows)
     if val_dir is not None:
         readings = official_recipe_reading(model, val_dir, scale)
-        truth = Damage(0.8 / scale, 4.0, 80)
+        from ribsr_cli.training.degrade import OFFICIAL_RECIPE
+
+        truth = Damage(OFFICIAL_RECIPE.blur / scale, OFFICIAL_RECIPE.noise, OFFICIAL_RECIPE.jpeg)
         log(f"official recipe is {truth.describe()}; read as:\n  " + "\n  ".join(readings))
         atomic_write_text(out / "official_recipe_reading.txt",
                           f"truth: {truth.describe()}\n" + "\n".join(readings) + "\n")

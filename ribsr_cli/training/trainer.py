@@ -78,8 +78,10 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
             cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
         log(f"resumed {ckpt_path} at step {step} ({seconds_before / 60:.1f} min trained)")
     else:
+        carried_estimator = False
         if cfg.init_from:
             skipped = init_body_from(model, cfg.init_from)
+            carried_estimator = not any(k.startswith("estimator.") for k in skipped)
             if cfg.damage_estimator:
                 skipped = [k for k in skipped if not k.startswith("estimator.")]
             log(f"initialised from {cfg.init_from}; fresh: {', '.join(skipped) or 'nothing'}")
@@ -89,7 +91,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
                     if name.startswith(("up_conv", "final_conv")):
                         p.mul_(0.1)
         if model.config.damage_channels:
-            _load_estimator(cfg, model)
+            _load_estimator(cfg, model, carried_estimator)
         ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -105,13 +107,13 @@ def _jittered(damage: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator) 
     return (damage + torch.tensor(cfg.damage_jitter, dtype=torch.float32) * noise).clamp_min(0.0)
 
 
-def _load_estimator(cfg: TrainConfig, model: nn.Module) -> None:
+def _load_estimator(cfg: TrainConfig, model: nn.Module, carried: bool) -> None:
     """Put the trained damage estimator into a fresh damage-conditioned run's network; without one (and no
-    `init_from` that carried one) the network would be told noise at validation, so it is refused."""
+    `init_from` that `carried` one) the network would be told noise at validation, so it is refused."""
     from ribsr_cli.engine.checkpoint import read_state_dict
 
     if not cfg.damage_estimator:
-        if cfg.init_from and any(k.startswith("estimator.") for k in read_state_dict(cfg.init_from)[0]):
+        if carried:
             return
         raise ValueError(f"{cfg.arch} is damage-conditioned: give --damage-estimator FILE "
                          "(python3 -m ribsr_cli.training.damage_estimator trains one)")
