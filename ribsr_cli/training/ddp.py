@@ -42,9 +42,17 @@ def join_process_group(device: torch.device, batch: int) -> tuple[int, int]:
     return rank, world
 
 
-def leave_process_group(distributed: bool) -> None:
-    if distributed:
-        torch.distributed.destroy_process_group()
+def leave_process_group(distributed: bool, finished: bool = True) -> None:
+    """Destroy the process group, after a barrier when every rank `finished` its loop.
+
+    Why the barrier: a rank that destroys its gloo pairs while another is still in its last collective or
+    checkpoint can abort the process at exit ("terminate called without an active exception", seen in CI on
+    1 run in 3). After an error no barrier: the other ranks may never arrive, and a hang hides the error."""
+    if not distributed:
+        return
+    if finished:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device, distributed: bool) -> nn.Module:

@@ -30,7 +30,7 @@ from ribsr_cli.training.ddp import (agree_across_ranks, global_mean, join_proces
                                     leave_process_group, rank_share, rank_slice, training_device, wrap)
 from ribsr_cli.training.runlog import RunLog
 from ribsr_cli.training.schedule import RunClock, StepSchedule, ema_update
-from ribsr_cli.training.stopping import StopRequest
+from ribsr_cli.training.stopping import StopRequest, TrainingInterrupted
 from ribsr_cli.training.validation import Pair, eval_upscaler, load_validation, score_pairs
 from ribsr_cli.fileutil import atomic_write_text
 
@@ -172,14 +172,30 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     trains on its own equal slice (rank_share), so the run follows the 1-process curve. `on_step(step, loss)`
     sees every step's whole-batch loss. Rank 0 alone validates, logs and checkpoints.
     """
-    from ribsr_cli.training.pool import HRPool
-
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = launched_by_torchrun()
     device = training_device(device)
     rank, world = join_process_group(device, cfg.batch)
+    try:
+        interrupted = _train_joined(cfg, out, resume, log, stop_at, device, on_step, rank, world, distributed)
+    except BaseException:
+        leave_process_group(distributed, finished=False)
+        raise
+    leave_process_group(distributed)
+    if interrupted is not None:
+        raise interrupted
+    return out
+
+
+def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str], None], stop_at: int | None,
+                  device: torch.device, on_step: Callable[[int, float], None] | None, rank: int, world: int,
+                  distributed: bool) -> TrainingInterrupted | None:
+    """`train`'s loop, on a rank that has joined its process group (rank 0 of 1 without torchrun). Returns the
+    error a signal calls for rather than raising it, so that `train` leaves the group in step first."""
+    from ribsr_cli.training.pool import HRPool
+
     model, ema, opt, rng = _build(cfg, device)
     step, seconds_before = _start_or_resume(cfg, out, model, ema, opt, rng, resume, log)
     net = wrap(model, device, distributed)
@@ -250,7 +266,4 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     checkpoint()
     report.close()
     log(f"stopped at step {step} after {clock.minutes():.1f} min; checkpoint {out / STATE_FILE}")
-    leave_process_group(distributed)
-    if stop.signal is not None:
-        raise stop.interrupted(step)
-    return out
+    return stop.interrupted(step) if stop.signal is not None else None
