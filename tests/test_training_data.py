@@ -25,7 +25,7 @@ from ribsr_cli.cli import app
 from ribsr_cli.training.fetch import Apt, EetTool, FetchError, fetch
 from ribsr_cli.training.leakcheck import LeakChecker
 from ribsr_cli.training.manifest import default_manifest, parse_source, read_manifest, verify_sha256
-from ribsr_cli.training.pool import HRPool
+from ribsr_cli.training.pool import FLAT_KEEP, HRPool, detail
 from ribsr_cli.training.prepare import blockiness, load_photo, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,6 +275,52 @@ def test_hrpool_area_weighting_and_size_filter(small_pool: tuple[Path, Path]) ->
     assert abs(counts[0] - expected) < 18
     with pytest.raises(ValueError, match="at least 400x400"):
         pool.random_crop(rng, 400)
+
+
+def test_detail_is_the_mean_luma_step() -> None:
+    stripes = np.zeros((20, 20, 3), np.uint8)
+    stripes[:, 1::2] = 10  # every horizontal step is 10 levels, no vertical step
+    assert detail(stripes) == pytest.approx(10.0)
+    colour = np.zeros((20, 20, 3), np.uint8)
+    colour[::2, :, 1] = 100  # green rows: luma steps of 0.587 * 100 down the columns only
+    assert detail(colour) == pytest.approx(58.7, rel=1e-5)
+    assert detail(np.full((20, 20, 3), 77, np.uint8)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def sharp_and_flat_pool(tmp_path_factory) -> Path:
+    """coffee.png, and the same photo blurred until it is as flat as a clear sky: two equal areas."""
+    from PIL import ImageFilter
+
+    src = tmp_path_factory.mktemp("detail-photos")
+    photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "coffee.png").convert("RGB")
+    photo.save(src / "sharp.png")
+    photo.filter(ImageFilter.GaussianBlur(12)).save(src / "flat.png")
+    out = src.parent / (src.name + "-prepared")
+    prepare(src, out, downscale=1, benchmark_dirs=[], log=lambda m: None)
+    return out
+
+
+def test_detail_biased_crops_keep_flat_ones_at_the_documented_rate(sharp_and_flat_pool: Path) -> None:
+    pool = HRPool(sharp_and_flat_pool)
+    flat_index = pool.names.index("flat.png")
+    ref, size, n = 12.0, 64, 600
+    # without a bias: the two images (equal areas) give about half the crops each, and the same stream as before
+    assert np.array_equal(pool.random_crop(np.random.default_rng(3), size),
+                          pool.random_crop(np.random.default_rng(3), size, 0.0))
+    rng = np.random.default_rng(0)
+    uniform = [pool.random_crop(rng, size) for _ in range(n)]
+    from_flat = np.array([_source_of(c, pool) == flat_index for c in uniform])
+    assert 0.4 < from_flat.mean() < 0.6
+    # the rule: a draw is kept with max(FLAT_KEEP, min(1, detail / ref)); its mean over each image's crops
+    keep = np.array([max(FLAT_KEEP, min(1.0, detail(c) / ref)) for c in uniform])
+    flat_keep, sharp_keep = keep[from_flat].mean(), keep[~from_flat].mean()
+    assert flat_keep < 1.5 * FLAT_KEEP < sharp_keep  # the blurred copy mostly takes the floor
+    biased = [pool.random_crop(rng, size, ref) for _ in range(n)]
+    flat_share = np.mean([_source_of(c, pool) == flat_index for c in biased])
+    expected = flat_keep / (flat_keep + sharp_keep)
+    assert 0.05 < expected < 0.3
+    assert abs(flat_share - expected) < 4 * np.sqrt(expected * (1 - expected) / n), (flat_share, expected)
 
 
 def test_prepare_rejects_hash_mismatch_and_missing(small_pool: tuple[Path, Path], tmp_path: Path) -> None:

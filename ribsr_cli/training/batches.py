@@ -26,18 +26,18 @@ def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, scale: int,
-               degradation: str = "bicubic", ranges: "DegradationConfig | None" = None
+               degradation: str = "bicubic", ranges: "DegradationConfig | None" = None, detail_ref: float = 0.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(lr, hr) float batches in [0, 1]; LR = MATLAB bicubic of the uint8 HR crop, rounded to uint8, or with
     degradation "real" the seeded camera-like pipeline of training.degrade (with `ranges`, else its
     defaults), also stored on uint8 levels."""
-    lr, hr, _ = make_batch_with_damage(pool, rng, batch, patch, scale, degradation, ranges)
+    lr, hr, _ = make_batch_with_damage(pool, rng, batch, patch, scale, degradation, ranges, detail_ref)
     return lr, hr
 
 
 def make_batch_with_damage(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, scale: int,
-                           degradation: str = "bicubic", ranges: "DegradationConfig | None" = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                           degradation: str = "bicubic", ranges: "DegradationConfig | None" = None,
+                           detail_ref: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`make_batch` and each sample's damage vector (`engine.damage.Damage.vector`; zeros for bicubic LR),
     or None when a sample took the two-order chain, whose damage is no three numbers. Draws exactly what
     `make_batch` draws, so a run's batches do not depend on whether its network is damage-conditioned."""
@@ -47,7 +47,8 @@ def make_batch_with_damage(pool: HRPool, rng: np.random.Generator, batch: int, p
 
     if degradation not in DEGRADATIONS:
         raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
-    crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale), rng)) for _ in range(batch)]
+    crops = [np.ascontiguousarray(augment(pool.random_crop(rng, patch * scale, detail_ref), rng))
+             for _ in range(batch)]
     hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # uint8 (B,3,H,W)
     if degradation == "real":
         lr, damage = degrade_batch_with_damage(hr, scale, rng, ranges or DEFAULT_CONFIG)

@@ -46,6 +46,9 @@ class TrainConfig:
     # fields of training.degrade.DegradationConfig that differ from its defaults (`--degradation-config FILE`);
     # the run records them, and a resumed run keeps them
     degradation_overrides: dict[str, Any] = field(default_factory=dict)
+    # > 0: HR crops biased toward detail (`training.pool.HRPool.random_crop`; ~12 levels = an ordinary photo's
+    # texture); 0: uniform crops, as every run before 0.8.0
+    patch_detail: float = 0.0
     # a damage-conditioned arch (ribsr-sd): the trained `engine.damage.DamageEstimator` built into the network
     # (`python3 -m ribsr_cli.training.damage_estimator`); it stays frozen, and the network is told each sample's
     # true damage plus Gaussian jitter of `damage_jitter` per component (blur, noise, JPEG; Damage.vector
@@ -61,6 +64,8 @@ class TrainConfig:
             raise ValueError("needs --degradation real")  # the overrides change the real pipeline only
         if self.damage_estimator and self.degradation != "real":
             raise ValueError("--damage-estimator needs --degradation real")
+        if self.patch_detail < 0:
+            raise ValueError(f"--patch-detail must be 0 (uniform crops) or positive, got {self.patch_detail:g}")
         if self.val_dir is None:
             self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
 

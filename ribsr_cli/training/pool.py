@@ -16,6 +16,17 @@ POOL_FILE = "hr.u8"
 INDEX_FILE = "index.json"
 POOL_FORMAT = "ribsr-hr-pool/1"
 
+#: With detail-biased crops (`HRPool.random_crop`'s detail_ref), the chance a crop as flat as a clear sky is
+#: kept: flat regions stay in training (a model must still clean a noisy sky), one in ten as often as detail.
+FLAT_KEEP = 0.1
+
+
+def detail(crop: np.ndarray) -> float:
+    """Mean absolute luma step between neighbouring pixels, in 8-bit levels: ~1 on sky or bokeh, ~10 to 20 on
+    the foliage, fur and fabric of an ordinary photograph."""
+    y = crop[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return float(np.abs(np.diff(y, axis=0)).mean() + np.abs(np.diff(y, axis=1)).mean())
+
 
 class PoolEntry(TypedDict):
     """One image of a prepared pool, as listed in index.json."""
@@ -79,8 +90,23 @@ class HRPool:
             self._tables[size] = (ok, np.cumsum(self._sizes[ok].prod(axis=1)).astype(np.float64))
         return self._tables[size]
 
-    def random_crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """A (size, size, 3) uint8 copy from an image chosen with probability ∝ its area."""
+    def random_crop(self, rng: np.random.Generator, size: int, detail_ref: float = 0.0) -> np.ndarray:
+        """A (size, size, 3) uint8 copy from an image chosen with probability ∝ its area, at a uniform place.
+
+        detail_ref > 0 biases crops toward detail: each draw is kept with probability
+        detail / detail_ref (at least FLAT_KEEP, at most 1), else redrawn. Why: the prepared wallpapers are
+        mostly sky and bokeh (measured on the 83-photo pool, 96-px crops: median detail 3.9 levels against
+        10 to 18 on photographs and benchmark images), so a model trained on uniform crops learns that fine
+        variation is noise to remove and wipes texture from real photographs. 0 keeps uniform crops and the
+        random stream of earlier runs."""
+        if detail_ref <= 0:
+            return self._uniform_crop(rng, size)
+        while True:
+            crop = self._uniform_crop(rng, size)
+            if rng.random() < max(FLAT_KEEP, min(1.0, detail(crop) / detail_ref)):
+                return crop
+
+    def _uniform_crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
         ok, cum = self._table(size)
         i = ok[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(ok) - 1)]
         h, w = self._sizes[i]

@@ -73,6 +73,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
         restore_training_state(state, model, ema, opt, rng)
         step, seconds_before = state["step"], state["elapsed"]
         _keep_started_overrides(cfg, state, out)
+        _keep_started_patch_detail(cfg, state, out)
         if not cfg.total_steps:
             cfg.total_steps = int(state.get("total_steps", 0))
             cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
@@ -142,6 +143,15 @@ def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
         raise ValueError(f"{run}: the run started with other degradation settings ({started or 'the defaults'}); "
                          "resume without --degradation-config, or --restart")
     cfg.degradation_overrides = dict(started)
+
+
+def _keep_started_patch_detail(cfg: TrainConfig, state: dict, run: Path) -> None:
+    """A resumed run keeps the crop bias it started with (`--patch-detail`); a different non-zero one is refused
+    for the reason `_keep_started_overrides` gives."""
+    started = float(json.loads(state.get("config") or "{}").get("patch_detail", 0.0))
+    if cfg.patch_detail and cfg.patch_detail != started:
+        raise ValueError(f"{run}: the run started with --patch-detail {started:g}; resume without it, or --restart")
+    cfg.patch_detail = started
 
 
 def _optimise(net: nn.Module, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
@@ -239,7 +249,7 @@ def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str]
             for group in opt.param_groups:
                 group["lr"] = lr_now
             lr_batch, hr_batch, damage = make_batch_with_damage(pool, rng, cfg.batch, cfg.patch, cfg.scale,
-                                                                cfg.degradation, ranges)
+                                                                cfg.degradation, ranges, cfg.patch_detail)
             lr_batch, hr_batch = rank_share(lr_batch, hr_batch, rank, world)
             if conditioned:
                 damage = rank_slice(_jittered(damage, cfg, rng), rank, world)
