@@ -51,14 +51,17 @@ def command(
 ) -> None:
     from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.training.degrade import DEGRADATIONS, read_degradation_overrides
-    from ribsr_cli.training.config import TrainConfig
+    from ribsr_cli.training.config import FlagConflict, TrainConfig
     from ribsr_cli.training.stopping import TrainingInterrupted
     from ribsr_cli.training.trainer import train
 
     if degradation not in DEGRADATIONS:
         raise UsageError(f"--degradation {degradation}", f"choose {' or '.join(DEGRADATIONS)}")
-    try:  # a bad file, or one given without --degradation real (TrainConfig's check)
+    try:
         overrides = read_degradation_overrides(degradation_file) if degradation_file is not None else {}
+    except ValueError as exc:  # unreadable, not an object, an unknown field
+        raise UsageError(f"--degradation-config {degradation_file}", str(exc)) from None
+    try:
         cfg = TrainConfig(arch=arch, scale=scale, out_dir=str(out_dir), data_dir=str(data_dir),
                           val_dir=val_dir,
                           patch=patch, batch=batch, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
@@ -66,10 +69,10 @@ def command(
                           seed=seed, init_from=str(init_from or ""), degradation=degradation,
                           degradation_overrides=overrides, damage_estimator=str(damage_estimator or ""),
                           patch_detail=patch_detail)
-    except ValueError as exc:
-        flag = "--damage-estimator" if "--damage-estimator" in str(exc) else "--degradation-config"
-        value = damage_estimator if flag == "--damage-estimator" else degradation_file
-        raise UsageError(f"{flag} {value}", str(exc).replace(f"{flag} ", "")) from None
+    except FlagConflict as exc:  # TrainConfig's checks of values that do not fit together
+        value = {"--degradation-config": degradation_file, "--damage-estimator": damage_estimator,
+                 "--patch-detail": patch_detail}[exc.flag]
+        raise UsageError(f"{exc.flag} {value}", exc.reason) from None
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))
     except RibsrError:  # a checkpoint, manifest ... error already carries its path and exit status

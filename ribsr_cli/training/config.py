@@ -16,6 +16,15 @@ from ribsr_cli.paths import benchmarks_dir
 DEFAULT_VAL_SET = "Set5"
 
 
+class FlagConflict(ValueError):
+    """A `TrainConfig` value that does not fit the others; `flag` names the `ribsr train` option it comes
+    from, so the command can name that option and its value without reading the message."""
+
+    def __init__(self, flag: str, reason: str) -> None:
+        super().__init__(f"{flag}: {reason}")
+        self.flag, self.reason = flag, reason
+
+
 @dataclass
 class TrainConfig:
     arch: str = "ribsr-s"
@@ -60,12 +69,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.degradation_overrides and self.degradation != "real":
-            raise ValueError("needs --degradation real")  # the overrides change the real pipeline only
+        if self.degradation_overrides and self.degradation != "real":  # they change the real pipeline only
+            raise FlagConflict("--degradation-config", "needs --degradation real")
         if self.damage_estimator and self.degradation != "real":
-            raise ValueError("--damage-estimator needs --degradation real")
+            raise FlagConflict("--damage-estimator", "needs --degradation real")
         if self.patch_detail < 0:
-            raise ValueError(f"--patch-detail must be 0 (uniform crops) or positive, got {self.patch_detail:g}")
+            raise FlagConflict("--patch-detail", "must be 0 (uniform crops) or positive")
         if self.val_dir is None:
             self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
 
