@@ -237,6 +237,8 @@ def models_table(models: list[dict]) -> str:
         steps = f"{t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']}"
         if t.get("init_from"):
             steps += f", fine-tuned from `{t['init_from']}`"
+        if t.get("continued_from"):  # the steps and minutes above are the last run's alone
+            steps += f" (this run continued `{t['continued_from']}`)"
         if t.get("soup_of"):
             steps += f" (the average of {len(t['soup_of'])} runs, `scripts/soup.py`)"
         label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")
