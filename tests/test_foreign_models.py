@@ -377,3 +377,26 @@ def test_spandrel_sst_entry_detects_a_preset_checkpoint(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
         assert torch.equal(descriptor.model(x), net.eval()(x))
+
+
+@needs_spandrel
+def test_spandrel_sst_entry_loads_a_damage_aware_model_with_its_estimator() -> None:
+    """The shipped damage-aware ×2 (ribsr-sd: damage_proj and a built-in estimator) through the spandrel entry
+    computes what ribsr's own load computes, estimator reading included, on a crop of a real photo."""
+    import spandrel
+
+    from ribsr_cli.engine.checkpoint import load_model
+    from ribsr_cli.engine.spandrel_sst import register_sst
+
+    weights = REPO / "weights" / "ribsr-s-real-x2.safetensors"
+    own = load_model(weights).eval()
+    assert own.config.damage_channels  # the file under test is the damage-aware kind
+    registry = register_sst(spandrel.MAIN_REGISTRY.copy())
+    descriptor = spandrel.ModelLoader(registry=registry).load_from_file(weights)
+    assert descriptor.architecture.id == "SST" and descriptor.scale == 2
+    photo = np.asarray(Image.open(REPO / "examples" / "coffee.png").convert("RGB"))[100:196, 200:296]
+    x = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        assert torch.equal(descriptor.model(x), own(x))
+        told_clean = own(x, torch.zeros(1, own.config.damage_channels))
+    assert (told_clean - own(x)).abs().max() > 1e-3  # the estimator's reading did reach the network
