@@ -17,7 +17,7 @@
 # To try an export first without touching weights/: copy weights/ to a folder and point RIBSR_WEIGHTS_DIR at it.
 # Usage: scripts/train_real.sh [x2|x4|all]   (2 cores: `nohup scripts/train_real.sh x4 &` and `... x2 &` side by side)
 # Env:   THREADS (default 1), ARCH (default ribsr-s), X2_MINUTES / X4_MINUTES (the camera-model runs' totals,
-#        default 55 / 40). On one thread: x4 about 2.1 h (three stages), x2 50 min.
+#        default 55 / 40). On one thread: x4 about 3.4 h (four stages), x2 about 4.7 h (50 + 25 + 105 + 100 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
@@ -68,6 +68,9 @@ if [[ $ONLY == all || $ONLY == x4 ]]; then
   soup ribsr-s-real-x4-soup ribsr-s-real-x4-v4 ribsr-s-real-x4
   stage ribsr-s-real-x4-typical 4 45 2e-4 200 weights/ribsr-s-x4.safetensors scripts/degradation/typical-camera-x4.json
   soup ribsr-s-real-x4-typical-soup ribsr-s-real-x4-typical ribsr-s-real-x4-soup
+  # layer 5 (0.8.0): the shipped soup continued 80 min at peak lr 1e-4 on crops biased toward detail
+  stage ribsr-s-real-x4-detail 4 80 1e-4 100 runs/ribsr-s-real-x4-typical-soup/best.safetensors \
+      scripts/degradation/typical-camera-x4.json --patch-detail 12
 fi
 if [[ $ONLY == all || $ONLY == x2 ]]; then
   # the shipped x2 needs only layer 3; 0.5.0's x2 soup (README's comparison column) came from layers 1-2:
@@ -85,5 +88,11 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
       --out runs/damage-estimator-x2-v2 --minutes 25 --threads "$THREADS" --val ../shared/benchmarks/Set5
   ARCH=ribsr-sd stage ribsr-sd-real-x2 2 105 2e-4 200 runs/ribsr-s-real-x2-typical/best.safetensors \
       scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors
+  # layer 5 (0.8.0): layer 4 continued 100 min at peak lr 1e-4 on crops biased toward detail (--patch-detail 12:
+  # the wallpapers are mostly sky and bokeh). Its control, the same line without --patch-detail and with
+  # --out runs/ribsr-sd-real-x2-more, was stopped by hand at 25 min (README "Real photos" has both at 10 and 20).
+  ARCH=ribsr-sd stage ribsr-sd-real-x2-detail 2 100 1e-4 100 runs/ribsr-sd-real-x2/best.safetensors \
+      scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors \
+      --patch-detail 12
 fi
 echo "stages done: $ONLY"

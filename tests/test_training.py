@@ -197,10 +197,20 @@ def test_val_default_is_the_shared_folder_found_when_the_command_runs(tmp_path: 
     assert Path(seen[1]) == REPO.parent / "shared" / "benchmarks" / "Set5"
 
 
-def test_patch_detail_travels_with_the_run(tmp_path: Path, pool: Path) -> None:
-    """`--patch-detail`: recorded in the run, kept by a plain resume, a different value refused in one line."""
+def test_patch_detail_travels_with_the_run(tmp_path: Path, pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--patch-detail`: reaches the batches, is recorded in the run, kept by a plain resume; a different value
+    is refused in one line."""
     import json
 
+    from ribsr_cli.training import trainer
+
+    asked: list[float] = []
+    real = trainer.make_batch_with_damage
+
+    def recording(*args):
+        asked.append(args[-1])  # detail_ref, the last positional argument
+        return real(*args)
+    monkeypatch.setattr(trainer, "make_batch_with_damage", recording)
     run = tmp_path / "run"
     base = ["train", "--out", str(run), "--data", str(pool), "--val", "", "--steps", "3", "--warmup", "1",
             "--patch", "16", "--batch", "2"]
@@ -208,14 +218,17 @@ def test_patch_detail_travels_with_the_run(tmp_path: Path, pool: Path) -> None:
     first = runner.invoke(app, base + ["--patch-detail", "12"])
     assert first.exit_code == 0, first.output
     assert json.loads((run / "config.json").read_text())["patch_detail"] == 12.0
+    assert asked == [12.0] * 3
     resumed = runner.invoke(app, [a if a != "3" else "4" for a in base])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "config.json").read_text())["patch_detail"] == 12.0
+    assert asked == [12.0] * 4  # the resumed step too, though the command did not repeat the flag
     other = runner.invoke(app, [a if a != "3" else "5" for a in base] + ["--patch-detail", "20"])
     assert other.exit_code == 2 and "started with --patch-detail 12" in other.output, other.output
     assert "Traceback" not in other.output
-    negative = runner.invoke(app, base + ["--patch-detail", "-1", "--restart"])
-    assert negative.exit_code == 2
+    for bad in ("-1", "nan", "inf"):
+        refused = runner.invoke(app, base + ["--patch-detail", bad, "--restart"])
+        assert refused.exit_code == 2 and f"--patch-detail {float(bad)}: must be 0" in refused.output, refused.output
 
 
 def test_degradation_config_file_changes_the_lr_and_travels_with_the_run(tmp_path: Path, pool: Path) -> None:

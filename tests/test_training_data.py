@@ -289,38 +289,71 @@ def test_detail_is_the_mean_luma_step() -> None:
 
 @pytest.fixture(scope="module")
 def sharp_and_flat_pool(tmp_path_factory) -> Path:
-    """coffee.png, and the same photo blurred until it is as flat as a clear sky: two equal areas."""
-    from PIL import ImageFilter
-
+    """coffee.png, and a sky-flat image of its mean colour (detail 0): two equal areas."""
     src = tmp_path_factory.mktemp("detail-photos")
     photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "coffee.png").convert("RGB")
     photo.save(src / "sharp.png")
-    photo.filter(ImageFilter.GaussianBlur(12)).save(src / "flat.png")
+    mean = tuple(int(v) for v in np.asarray(photo).reshape(-1, 3).mean(axis=0).round())
+    Image.new("RGB", photo.size, mean).save(src / "flat.png")
     out = src.parent / (src.name + "-prepared")
     prepare(src, out, downscale=1, benchmark_dirs=[], log=lambda m: None)
     return out
 
 
+def test_uniform_crops_draw_what_they_always_drew(sharp_and_flat_pool: Path) -> None:
+    """detail_ref 0 is the area-weighted uniform crop, rebuilt here from its three draws: the image from the
+    cumulative areas, then the row, then the column (so earlier runs' random streams are unchanged)."""
+    pool = HRPool(sharp_and_flat_pool)
+    size = 64
+    areas = np.cumsum([pool.image(i).shape[0] * pool.image(i).shape[1] for i in range(len(pool))]).astype(float)
+    for seed in range(5):
+        rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        crop = pool.random_crop(rng, size, 0.0)
+        i = min(int(np.searchsorted(areas, ref.random() * areas[-1], side="right")), len(pool) - 1)
+        h, w = pool.image(i).shape[:2]
+        y, x = int(ref.integers(0, h - size + 1)), int(ref.integers(0, w - size + 1))
+        assert np.array_equal(crop, pool.image(i)[y:y + size, x:x + size])
+        assert rng.bit_generator.state == ref.bit_generator.state  # nothing else drawn
+
+
 def test_detail_biased_crops_keep_flat_ones_at_the_documented_rate(sharp_and_flat_pool: Path) -> None:
     pool = HRPool(sharp_and_flat_pool)
     flat_index = pool.names.index("flat.png")
-    ref, size, n = 12.0, 64, 600
-    # without a bias: the two images (equal areas) give about half the crops each, and the same stream as before
-    assert np.array_equal(pool.random_crop(np.random.default_rng(3), size),
-                          pool.random_crop(np.random.default_rng(3), size, 0.0))
+    ref, size, n = 12.0, 64, 1200
     rng = np.random.default_rng(0)
     uniform = [pool.random_crop(rng, size) for _ in range(n)]
     from_flat = np.array([_source_of(c, pool) == flat_index for c in uniform])
-    assert 0.4 < from_flat.mean() < 0.6
-    # the rule: a draw is kept with max(FLAT_KEEP, min(1, detail / ref)); its mean over each image's crops
-    keep = np.array([max(FLAT_KEEP, min(1.0, detail(c) / ref)) for c in uniform])
-    flat_keep, sharp_keep = keep[from_flat].mean(), keep[~from_flat].mean()
-    assert flat_keep < 1.5 * FLAT_KEEP < sharp_keep  # the blurred copy mostly takes the floor
+    assert 0.4 < from_flat.mean() < 0.6  # equal areas
+    assert all(detail(c) == 0.0 for c, f in zip(uniform, from_flat) if f)  # the flat image takes the floor
+    # the rule: a draw is kept with max(FLAT_KEEP, min(1, detail / ref)), else drawn again
+    sharp_keep = np.mean([min(1.0, detail(c) / ref) for c, f in zip(uniform, from_flat) if not f])
+    assert sharp_keep > 3 * FLAT_KEEP
     biased = [pool.random_crop(rng, size, ref) for _ in range(n)]
     flat_share = np.mean([_source_of(c, pool) == flat_index for c in biased])
-    expected = flat_keep / (flat_keep + sharp_keep)
-    assert 0.05 < expected < 0.3
+    expected = FLAT_KEEP / (FLAT_KEEP + sharp_keep)  # ~0.15; without the floor 0, with a floor of 0.05 ~0.08
     assert abs(flat_share - expected) < 4 * np.sqrt(expected * (1 - expected) / n), (flat_share, expected)
+
+
+def test_detail_biased_crops_end_on_a_pool_of_flat_images(sharp_and_flat_pool: Path) -> None:
+    """Even where nothing has detail, a crop comes back after 1 / FLAT_KEEP draws on average."""
+    pool = HRPool(sharp_and_flat_pool)
+    flat_index = pool.names.index("flat.png")
+    only_flat = HRPool(sharp_and_flat_pool)
+    only_flat._uniform_crop = lambda rng, size: np.array(pool.image(flat_index)[:size, :size])
+    class CountingRng:  # counts the keep/redraw decisions
+        def __init__(self, seed: int) -> None:
+            self.rng, self.decisions = np.random.default_rng(seed), 0
+
+        def random(self) -> float:
+            self.decisions += 1
+            return self.rng.random()
+
+    draws = []
+    for seed in range(200):
+        counting = CountingRng(seed)
+        only_flat.random_crop(counting, 32, 12.0)
+        draws.append(counting.decisions)
+    assert abs(np.mean(draws) - 1 / FLAT_KEEP) < 3.0  # geometric with mean 10 (sd of the mean of 200: ~0.7)
 
 
 def test_prepare_rejects_hash_mismatch_and_missing(small_pool: tuple[Path, Path], tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ def command(
                                           "--val '' trains without validation)."),
     patch: int = typer.Option(48, help="LR patch size."),
     patch_detail: float = typer.Option(
-        0.0, "--patch-detail", min=0.0,
-        help="Bias HR crops toward detail: keep a crop with probability (its mean luma step in levels) / this "
-             "value, at least 0.1 (12 ≈ an ordinary photo's texture); 0 = uniform crops."),
+        0.0, "--patch-detail", metavar="REF",
+        help="Bias HR crops toward detail: keep a crop with probability (its mean vertical + horizontal luma "
+             "step, in levels) / REF, at least 0.1, else draw again (12 ≈ an ordinary photo's texture); "
+             "0 = uniform crops. Recorded in the run and kept on resume (--restart to change it)."),
     batch: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
     total_steps: int = typer.Option(20000, "--steps", help="Length of the cosine schedule."),

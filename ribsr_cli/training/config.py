@@ -6,6 +6,7 @@ what the training modules read; it holds no state of the run itself (that is the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +74,8 @@ class TrainConfig:
             raise FlagConflict("--degradation-config", "needs --degradation real")
         if self.damage_estimator and self.degradation != "real":
             raise FlagConflict("--damage-estimator", "needs --degradation real")
-        if self.patch_detail < 0:
-            raise FlagConflict("--patch-detail", "must be 0 (uniform crops) or positive")
+        if not (math.isfinite(self.patch_detail) and self.patch_detail >= 0):
+            raise FlagConflict("--patch-detail", "must be 0 (uniform crops) or a positive number")
         if self.val_dir is None:
             self.val_dir = str(benchmarks_dir() / DEFAULT_VAL_SET)
 

@@ -50,9 +50,11 @@ def leave_process_group(distributed: bool, finished: bool = True) -> None:
     1 run in 3). After an error no barrier: the other ranks may never arrive, and a hang hides the error."""
     if not distributed:
         return
-    if finished:
-        torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    try:
+        if finished:
+            torch.distributed.barrier()
+    finally:  # a barrier that fails (a peer died) still leaves the group
+        torch.distributed.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device, distributed: bool) -> nn.Module:

@@ -178,6 +178,8 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
         entry["training"]["init_from"] = init_from
     if config.get("init_from") and Path(config["init_from"]).stem != init_from:
         entry["training"]["continued_from"] = config["init_from"]
+    if config.get("patch_detail"):  # crops biased toward detail (`ribsr train --patch-detail`)
+        entry["training"]["patch_detail"] = config["patch_detail"]
     if config.get("damage_estimator"):  # a damage-conditioned network: where its frozen estimator came from
         entry["training"]["damage_estimator"] = config["damage_estimator"]
     on = (f"{prov.get('val_psnr_y')} dB PSNR-Y on {prov.get('val_set', '?')}"
@@ -237,8 +239,10 @@ def models_table(models: list[dict]) -> str:
         steps = f"{t['steps']} steps, {t['minutes']:.0f} min on {t['hardware']}"
         if t.get("init_from"):
             steps += f", fine-tuned from `{t['init_from']}`"
-        if t.get("continued_from"):  # the steps and minutes above are the last run's alone
-            steps += f" (this run continued `{t['continued_from']}`)"
+        if t.get("continued_from"):
+            steps += f" (continued from `{t['continued_from']}`; steps and minutes are this run's alone)"
+        if t.get("patch_detail"):
+            steps += f", crops biased toward detail (`--patch-detail {t['patch_detail']:g}`)"
         if t.get("soup_of"):
             steps += f" (the average of {len(t['soup_of'])} runs, `scripts/soup.py`)"
         label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")
