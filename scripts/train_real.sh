@@ -8,8 +8,8 @@
 # Usage: nohup scripts/train_real.sh > runs/logs/train_real.log 2>&1 &
 # Then ship (never --default: export refuses it for a real run; variant, init_from and degraded scores are
 # read from the run and measured into weights/MANIFEST.json, and README's models table is re-rendered):
-#   python3 -m ribsr_cli export runs/ribsr-sd-real-x2 --name ribsr-s-real-x2    (0.7.0: the damage-aware run)
-#   python3 -m ribsr_cli export runs/ribsr-s-real-x4-typical-soup --name ribsr-s-real-x4
+#   python3 -m ribsr_cli export runs/ribsr-sd-real-x2-detail --name ribsr-s-real-x2   (0.8.0; 0.7.0: ribsr-sd-real-x2)
+#   python3 -m ribsr_cli export runs/ribsr-s-real-x4-detail --name ribsr-s-real-x4    (0.8.0; 0.6.0: -typical-soup)
 #   python3 -m ribsr_cli.training.export --remeasure ribsr-s-x2 --remeasure ribsr-s-x3 --remeasure ribsr-s-x4
 #       (only if their entries lack metrics_degraded; weights and sha256 stay as they are)
 #   python3 scripts/real_photo_table.py --json runs/real_photo_table.json   # README "Real photos" tables
@@ -39,10 +39,11 @@ soup() {  # out run run...: scripts/soup.py's average of the runs' best EMAs (sk
   [[ -f runs/$out/best.safetensors ]] || $PY scripts/soup.py "${@/#/runs/}" --out "runs/$out"
 }
 
-# The shipped models (0.6.0) come from up to three layers, all fine-tunes of the clean weights (peak lr 2e-4, L1);
-# per scale, the candidate with the best mean gain over the clean model on Set5 across the six recipes of
-# scripts/real_photo_recipes.py ships: at x4 the -typical-soup, at x2 the -typical run alone (its soups with
-# -soup and with -typical-seed1 scored 0.011-0.028 dB lower there):
+# The shipped models (0.8.0) are layer 5 below (x2: on top of layer 4, x4: on top of layer 3's soup); every layer
+# fine-tunes the clean weights or the layer before (L1). Per scale, the candidate with the best mean gain over the
+# clean model on Set5 across the six recipes of scripts/real_photo_recipes.py ships (0.8.0: x2 +1.430 against
+# 0.7.0's +1.331, x4 +0.470 against 0.6.0's +0.439). 0.6.0 shipped layer 3: at x4 the -typical-soup, at x2 the
+# -typical run alone (its soups with -soup and with -typical-seed1 scored 0.011-0.028 dB lower there):
 #  1. -v4: the two-order chain only (scripts/degradation/chain-only.json; 0.4.0's recipe; x2 35 min, x4 40);
 #  2. the camera-model run (the defaults: half the degraded samples take the single-pass camera model; x2 55
 #     min, x4 stopped by hand at 26 when validation slid; rerunning the full 40 keeps the best.safetensors rule),
@@ -68,7 +69,8 @@ if [[ $ONLY == all || $ONLY == x4 ]]; then
   soup ribsr-s-real-x4-soup ribsr-s-real-x4-v4 ribsr-s-real-x4
   stage ribsr-s-real-x4-typical 4 45 2e-4 200 weights/ribsr-s-x4.safetensors scripts/degradation/typical-camera-x4.json
   soup ribsr-s-real-x4-typical-soup ribsr-s-real-x4-typical ribsr-s-real-x4-soup
-  # layer 5 (0.8.0): the shipped soup continued 80 min at peak lr 1e-4 on crops biased toward detail
+  # layer 5 (0.8.0, shipped): the 0.6.0 soup continued at peak lr 1e-4 on crops biased toward detail (stopped by
+  # hand at 57 of its 80 minutes, the learning rate at 2.7e-5)
   stage ribsr-s-real-x4-detail 4 80 1e-4 100 runs/ribsr-s-real-x4-typical-soup/best.safetensors \
       scripts/degradation/typical-camera-x4.json --patch-detail 12
 fi
@@ -88,8 +90,9 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
       --out runs/damage-estimator-x2-v2 --minutes 25 --threads "$THREADS" --val ../shared/benchmarks/Set5
   ARCH=ribsr-sd stage ribsr-sd-real-x2 2 105 2e-4 200 runs/ribsr-s-real-x2-typical/best.safetensors \
       scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors
-  # layer 5 (0.8.0): layer 4 continued 100 min at peak lr 1e-4 on crops biased toward detail (--patch-detail 12:
-  # the wallpapers are mostly sky and bokeh). Its control, the same line without --patch-detail and with
+  # layer 5 (0.8.0, shipped): layer 4 continued at peak lr 1e-4 on crops biased toward detail (--patch-detail 12:
+  # the wallpapers are mostly sky and bokeh); the shipped run was stopped by hand at 82 of its 100 minutes, its
+  # validation flat since 70. Its control, the same line without --patch-detail and with
   # --out runs/ribsr-sd-real-x2-more, was stopped by hand at 25 min (README "Real photos" has both at 10 and 20).
   ARCH=ribsr-sd stage ribsr-sd-real-x2-detail 2 100 1e-4 100 runs/ribsr-sd-real-x2/best.safetensors \
       scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors \
