@@ -27,6 +27,7 @@ PACKAGE = Path(ribsr_cli.__file__).parent
 # The exit status of every error class: usage errors 2, failures 1. A new class must be placed here.
 EXIT_CODES = {
     "ribsr_cli.errors.UsageError": EXIT_USAGE,
+    "ribsr_cli.training.config.FlagConflict": EXIT_USAGE,
     "ribsr_cli.errors.CheckpointError": EXIT_FAILURE,
     "ribsr_cli.errors.ModelStoreError": EXIT_USAGE,
     "ribsr_cli.evaluation.EvalError": EXIT_USAGE,

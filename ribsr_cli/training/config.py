@@ -11,19 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ribsr_cli.engine.config import SSTConfig
+from ribsr_cli.errors import UsageError
 from ribsr_cli.paths import benchmarks_dir
 
 #: the benchmark set a run validates on when none is named: Set5, the smallest of the standard sets
 DEFAULT_VAL_SET = "Set5"
 
 
-class FlagConflict(ValueError):
-    """A `TrainConfig` value that does not fit the others; `flag` names the `ribsr train` option it comes
-    from, so the command can name that option and its value without reading the message."""
+class FlagConflict(UsageError):
+    """A `TrainConfig` value that does not fit the others; its path is the `ribsr train` option it comes
+    from (`flag`), so the command can name that option and its value without reading the message."""
 
     def __init__(self, flag: str, reason: str) -> None:
-        super().__init__(f"{flag}: {reason}")
-        self.flag, self.reason = flag, reason
+        super().__init__(flag, reason)
+        self.flag = flag
 
 
 @dataclass
