@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: BT.601 luma weights of R, G, B (full range): what a grey model expects of a colour photo, the luminance of
+#: grey training noise, and the detail measure of training crops
+LUMA = (0.299, 0.587, 0.114)
+
 
 def to_float(pixels: np.ndarray) -> np.ndarray:
     """float32 in [0, 1] from uint8 (/255) or uint16 (/65535) samples; floats pass through as float32."""

@@ -26,9 +26,9 @@ import torch.nn as nn
 
 from ribsr_cli.engine.spandrel_import import import_spandrel
 from ribsr_cli.errors import CheckpointError
+from ribsr_cli.pixels import LUMA
 
 FAMILY = "spandrel"
-LUMA = (0.299, 0.587, 0.114)  # BT.601, as ribsr's metrics: what a grey model expects of a colour photo
 _DTYPE_FLAGS = {torch.bfloat16: ("supports_bfloat16", "bf16"), torch.float16: ("supports_half", "fp16")}
 
 

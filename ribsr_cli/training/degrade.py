@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ribsr_cli.engine.damage import Damage
-from ribsr_cli.pixels import round_levels
+from ribsr_cli.pixels import LUMA, round_levels
 
 DEGRADATIONS = ("bicubic", "real")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -322,7 +322,7 @@ def gaussian_noise(x: torch.Tensor, sigma: float, rng: np.random.Generator, grey
 def _luma(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
 
 

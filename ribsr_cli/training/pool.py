@@ -12,6 +12,8 @@ from typing import TypedDict
 
 import numpy as np
 
+from ribsr_cli.pixels import LUMA
+
 POOL_FILE = "hr.u8"
 INDEX_FILE = "index.json"
 POOL_FORMAT = "ribsr-hr-pool/1"
@@ -24,7 +26,7 @@ FLAT_KEEP = 0.1
 def detail(crop: np.ndarray) -> float:
     """The mean absolute vertical luma step plus the mean absolute horizontal one, in 8-bit levels: ~1 on sky
     or bokeh, ~10 to 20 on the foliage, fur and fabric of an ordinary photograph."""
-    y = crop[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    y = crop[..., :3].astype(np.float32) @ np.array(LUMA, dtype=np.float32)
     return float(np.abs(np.diff(y, axis=0)).mean() + np.abs(np.diff(y, axis=1)).mean())
 
 
@@ -95,11 +97,10 @@ class HRPool:
 
         detail_ref > 0 biases crops toward detail: each draw is kept with probability
         detail / detail_ref (at least FLAT_KEEP, so at most 1 / FLAT_KEEP draws on average; at most 1), else
-        redrawn. Why: the prepared wallpapers are
-        mostly sky and bokeh (measured on the 83-photo pool, 96-px crops: median `detail` 3.9 levels against
-        10 to 18 on photographs and benchmark images), so a model trained on uniform crops learns that fine
-        variation is noise to remove and wipes texture from real photographs. 0 keeps uniform crops and the
-        random stream of earlier runs."""
+        redrawn. Why: the prepared wallpapers are mostly sky and bokeh (measured on the 83-photo pool, 96-px
+        crops: median `detail` 3.9 levels against 10 to 18 on photographs and benchmark images), so a model
+        trained on uniform crops learns that fine variation is noise to remove and wipes texture from real
+        photographs. 0 keeps uniform crops and the random stream of earlier runs."""
         if detail_ref <= 0:
             return self._uniform_crop(rng, size)
         while True:

@@ -72,8 +72,9 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
         state = load_training_state(ckpt_path)
         restore_training_state(state, model, ema, opt, rng)
         step, seconds_before = state["step"], state["elapsed"]
-        _keep_started_overrides(cfg, state, out)
-        _keep_started_patch_detail(cfg, state, out)
+        started_cfg = json.loads(state.get("config") or "{}")  # the TrainConfig the run started with
+        _keep_started_overrides(cfg, started_cfg, out)
+        _keep_started_patch_detail(cfg, started_cfg, out)
         if not cfg.total_steps:
             cfg.total_steps = int(state.get("total_steps", 0))
             cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
@@ -122,14 +123,13 @@ def _load_estimator(cfg: TrainConfig, model: nn.Module, carried: bool) -> None:
     model.estimator.load_state_dict(state)
 
 
-def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
+def _keep_started_overrides(cfg: TrainConfig, started_cfg: dict, run: Path) -> None:
     """A resumed run keeps the degradation overrides it started with (a plain resume command need not repeat
     the file); different ones are refused, because half a run on other ranges is neither run. A run started
     before `--degradation-config` existed recorded only its resolved ranges: given overrides must agree with
     every range it recorded (fields added since were not part of it)."""
     from ribsr_cli.training.degrade import degradation_config
 
-    started_cfg = json.loads(state.get("config") or "{}")
     if "degradation_overrides" not in started_cfg:
         recorded = started_cfg.get("extra", {}).get("degradation_config", {})
         wanted = json.loads(json.dumps(asdict(degradation_config(cfg.degradation_overrides))))  # tuples as lists
@@ -145,10 +145,10 @@ def _keep_started_overrides(cfg: TrainConfig, state: dict, run: Path) -> None:
     cfg.degradation_overrides = dict(started)
 
 
-def _keep_started_patch_detail(cfg: TrainConfig, state: dict, run: Path) -> None:
+def _keep_started_patch_detail(cfg: TrainConfig, started_cfg: dict, run: Path) -> None:
     """A resumed run keeps the crop bias it started with (`--patch-detail`); a different non-zero one is refused
     for the reason `_keep_started_overrides` gives."""
-    started = float(json.loads(state.get("config") or "{}").get("patch_detail", 0.0))
+    started = float(started_cfg.get("patch_detail", 0.0))
     if cfg.patch_detail and cfg.patch_detail != started:
         raise ValueError(f"{run}: the run started with --patch-detail {started:g}; resume without it, or --restart")
     cfg.patch_detail = started
