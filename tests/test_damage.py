@@ -19,20 +19,23 @@ from typer.testing import CliRunner
 
 from ribsr_cli.cli import app
 from ribsr_cli.engine.checkpoint import detect_arch, load_model, preset_name_of
-from ribsr_cli.engine.damage import JPEG_MCU, Damage, DamageEstimator, crop_grid, estimate_image_damage
+from ribsr_cli.engine.damage import (JPEG_MCU, Damage, DamageEstimator, crop_grid, estimate_image_damage,
+                                    luma_noise)
 from ribsr_cli.engine.grow import grow_state
 from ribsr_cli.engine.network import SST
 from ribsr_cli.engine.presets import get_config
 from ribsr_cli.engine.runner import LoadedModel, RunOptions, Upscaler
 from ribsr_cli.engine.tiling import upscale_image
 from ribsr_cli.imaging.resize import imresize
+from ribsr_cli.pixels import LUMA
 from ribsr_cli.training.degrade import (DEFAULT_CONFIG, EvalRecipe, degrade, degrade_batch_with_damage,
                                         degrade_for_eval, degrade_with_damage)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-#: the estimator trained for the x2 conditioned model (committed with its run: the learning curve beside it)
-ESTIMATOR = REPO / "runs" / "damage-estimator-x2-v2" / "estimator.safetensors"
+#: the estimator trained for the x2 conditioned model (committed with its run: the learning curve beside it);
+#: v3 reads the noise in luminance (0.9.0), v2 per channel
+ESTIMATOR = REPO / "runs" / "damage-estimator-x2-v3" / "estimator.safetensors"
 
 
 def _photo(name: str = "coffee.png", box: tuple[int, int, int, int] = (200, 120, 264, 184)) -> np.ndarray:
@@ -61,18 +64,57 @@ def test_the_camera_model_records_the_damage_it_drew() -> None:
     hr = _hr_tensor()
     fixed = dataclasses.replace(
         DEFAULT_CONFIG, camera_prob=1.0, camera_blur_prob=1.0, camera_blur_sigma_lr=(0.5, 0.5), camera_noise_prob=1.0,
-        gaussian_noise_prob=1.0, camera_noise_sigma=(3 / 255, 3 / 255), jpeg_prob_final=1.0, jpeg_quality_final=(77, 77))
+        gaussian_noise_prob=1.0, grey_noise_prob=0.0, camera_noise_sigma=(3 / 255, 3 / 255), jpeg_prob_final=1.0,
+        jpeg_quality_final=(77, 77))
     lr, damage = degrade_with_damage(hr, 2, 5, fixed)
-    assert damage == pytest.approx(Damage(blur=0.5, noise=3.0, jpeg=77.0))
+    # colour noise of 3 levels per channel is 3 |LUMA| levels in luminance
+    assert damage == pytest.approx(Damage(blur=0.5, noise=3.0 * math.hypot(*LUMA), jpeg=77.0))
     assert torch.equal(lr, degrade(hr, 2, 5, fixed))  # the record costs no draw: same seed, same LR
+    # the noise number is what the picture shows in luminance: the Y of what the draw added has that std,
+    # for grey noise (one field in every channel) and for colour noise alike
+    for grey_prob in (1.0, 0.0):
+        noisy = dataclasses.replace(fixed, camera_blur_prob=0.0, jpeg_prob_final=0.0, grey_noise_prob=grey_prob,
+                                    camera_noise_sigma=(5 / 255, 5 / 255))
+        quiet = dataclasses.replace(noisy, camera_noise_prob=0.0)
+        lr, damage = degrade_with_damage(hr, 2, 5, noisy)
+        added_y = sum(w * c for w, c in zip(LUMA, (lr - degrade(hr, 2, 5, quiet)) * 255))
+        assert damage.noise == pytest.approx(5.0 if grey_prob else 5.0 * math.hypot(*LUMA))
+        assert added_y.std().item() == pytest.approx(damage.noise, rel=0.1), grey_prob
 
     nothing = dataclasses.replace(fixed, camera_blur_prob=0.0, camera_noise_prob=0.0, jpeg_prob_final=0.0)
     lr, damage = degrade_with_damage(hr, 2, 5, nothing)
     assert damage == Damage()
     poisson = dataclasses.replace(fixed, gaussian_noise_prob=0.0, camera_poisson_peak=(2000.0, 2000.0))
-    assert degrade_with_damage(hr, 2, 5, poisson)[1].noise == pytest.approx(Damage.poisson_sigma(2000))
+    assert degrade_with_damage(hr, 2, 5, poisson)[1].noise == pytest.approx(luma_noise(Damage.poisson_sigma(2000), False))
+    assert luma_noise(4.0, grey=True) == 4.0 and luma_noise(4.0, grey=False) == pytest.approx(2.674, abs=1e-3)
     chain = dataclasses.replace(DEFAULT_CONFIG, camera_prob=0.0)
     assert degrade_with_damage(hr, 2, 5, chain)[1] is None  # the two-order chain has no three numbers
+
+
+def test_after_jpeg_the_colour_part_of_the_noise_is_gone_and_luminance_tells_them_apart() -> None:
+    """Why the noise number is luminance noise (engine.damage): after JPEG's 4:2:0 chroma, colour noise and
+    grey noise of the same sigma per channel leave the same chroma detail, so the per-channel sigma cannot be
+    read from a file, while the luminance detail differs as the two luminance sigmas do."""
+    hr = torch.from_numpy(_photo(box=(100, 100, 356, 356))).permute(2, 0, 1).float() / 255
+
+    def steps(lr: torch.Tensor) -> tuple[float, float]:  # mean |neighbour step| of Y and of Cb, Cr (levels)
+        r, g, b = lr * 255
+        planes = (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b, -0.1687 * r - 0.3313 * g + 0.5 * b,
+                  0.5 * r - 0.4187 * g - 0.0813 * b)
+        detail = [float((p[1:] - p[:-1]).abs().mean() + (p[:, 1:] - p[:, :-1]).abs().mean()) for p in planes]
+        return detail[0], detail[1] + detail[2]
+
+    base = dataclasses.replace(DEFAULT_CONFIG, camera_prob=1.0, camera_blur_prob=0.0, camera_noise_prob=1.0,
+                               gaussian_noise_prob=1.0, camera_noise_sigma=(5 / 255, 5 / 255), jpeg_prob_final=1.0,
+                               jpeg_quality_final=(85, 85))
+    (y_grey, c_grey), (y_colour, c_colour) = (
+        steps(degrade_with_damage(hr, 2, 7, dataclasses.replace(base, grey_noise_prob=p))[0]) for p in (1.0, 0.0))
+    assert abs(c_colour - c_grey) < 0.05 * c_grey  # the chroma the file keeps does not tell them apart
+    assert y_grey > y_colour * 1.05  # the luminance noise does (5 against 3.3 levels)
+    without_jpeg = dataclasses.replace(base, jpeg_prob_final=0.0)
+    c_grey_raw, c_colour_raw = (steps(degrade_with_damage(hr, 2, 7, dataclasses.replace(without_jpeg, grey_noise_prob=p))[0])[1]
+                                for p in (1.0, 0.0))
+    assert c_colour_raw > 1.5 * c_grey_raw  # before JPEG the colour noise was plainly there
 
 
 def test_batches_carry_vectors_clean_samples_zero_and_chain_samples_none() -> None:
@@ -171,9 +213,9 @@ def test_the_trained_estimator_reads_eval_recipes_in_order_and_near_their_values
     for key in ("blur", "noise"):
         assert getattr(read[light], key) < getattr(read[official], key) < getattr(read[heavy], key), key
     assert read[light].jpeg > read[official].jpeg > read[heavy].jpeg
-    truth = Damage(blur=0.8 / 2, noise=4.0, jpeg=80)
+    truth = Damage(blur=0.8 / 2, noise=luma_noise(4.0, grey=False), jpeg=80)  # the recipe's is colour noise
     assert abs(read[official].blur - truth.blur) < 0.15
-    assert abs(read[official].noise - truth.noise) < 1.5
+    assert abs(read[official].noise - truth.noise) < 0.8
     assert abs(read[official].jpeg - truth.jpeg) < 8
 
 
@@ -267,3 +309,57 @@ def test_upscale_reports_the_damage_it_read_per_file(tmp_path: Path) -> None:
     read = json.loads((tmp_path / "r.json").read_text())["files"][0]["damage_read"]
     assert read.startswith("blur ") and "levels" in read
     assert f"read damage: {read}" in " ".join(result.output.split())
+
+
+def test_damage_told_estimate_tells_the_network_its_estimators_reading(tmp_path: Path, pool: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--damage-told estimate`: each step's network is told what its frozen estimator reads from that step's
+    LR patches (as at run time), not the drawn damage; recorded in the run, kept by a plain resume, a different
+    value on resume or a plain network refused in one line."""
+    from safetensors.torch import load_file, save_file
+
+    from ribsr_cli.training import trainer
+
+    told: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = trainer._optimise
+
+    def recording(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage=None):
+        told.append((lr_batch.clone(), damage.clone()))
+        return real(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage)
+    monkeypatch.setattr(trainer, "_optimise", recording)
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"camera_prob": 1.0, "clean_prob": 0.0}))
+    estimator_file = ESTIMATOR if ESTIMATOR.is_file() else tmp_path / "estimator.safetensors"
+    if not ESTIMATOR.is_file():
+        torch.manual_seed(3)
+        save_file(DamageEstimator().state_dict(), str(estimator_file))
+    estimator = DamageEstimator().eval()
+    estimator.load_state_dict(load_file(str(estimator_file)))
+    run = tmp_path / "run"
+    base = ["train", "--arch", "ribsr-sd", "--degradation", "real", "--degradation-config", str(camera),
+            "--data", str(pool), "--val", "", "--steps", "2", "--warmup", "1", "--patch", "32", "--batch", "2",
+            "--out", str(run), "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors"),
+            "--damage-estimator", str(estimator_file)]
+    runner = CliRunner()
+    first = runner.invoke(app, base + ["--damage-told", "estimate"])
+    assert first.exit_code == 0, first.output
+    resumed = runner.invoke(app, [a if a != "2" else "3" for a in base])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(told) == 3 and json.loads((run / "config.json").read_text())["damage_told"] == "estimate"
+    with torch.no_grad():
+        for lr_batch, damage in told:
+            assert torch.allclose(damage, estimator(lr_batch).clamp_min(0.0), atol=1e-6)
+    other = runner.invoke(app, [a if a != "2" else "4" for a in base] + ["--damage-told", "truth"])
+    assert other.exit_code == 2 and "started with --damage-told estimate" in other.output, other.output
+
+    told.clear()  # the default: the drawn damage, jittered; not the estimator's reading
+    truth_run = runner.invoke(app, [a if a != str(run) else str(tmp_path / "truth") for a in base])
+    assert truth_run.exit_code == 0, truth_run.output
+    assert json.loads((tmp_path / "truth" / "config.json").read_text())["damage_told"] == "truth"
+    with torch.no_grad():
+        assert not any(torch.allclose(d, estimator(lr).clamp_min(0.0), atol=1e-3) for lr, d in told)
+    plain = runner.invoke(app, ["train", "--out", str(tmp_path / "plain"), "--data", str(pool), "--val", "",
+                                "--steps", "1", "--damage-told", "estimate"])
+    assert plain.exit_code == 2 and "not damage-conditioned" in plain.output, plain.output
+    bad = runner.invoke(app, base + ["--damage-told", "guess", "--restart"])
+    assert bad.exit_code == 2 and "--damage-told guess: choose truth or estimate" in bad.output, bad.output

@@ -49,6 +49,11 @@ def command(
         None, "--damage-estimator",
         help="For a damage-conditioned --arch (ribsr-sd): the trained damage estimator "
              "(python3 -m ribsr_cli.training.damage_estimator) built into the network, frozen."),
+    damage_told: Optional[str] = typer.Option(
+        None, "--damage-told", metavar="truth|estimate",
+        help="What a damage-conditioned network is told for each patch: truth (the damage drawn, jittered by "
+             "about the estimator's error; new runs) or estimate (its estimator's reading, as at run time). "
+             "Kept on resume."),
 ) -> None:
     from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.training.degrade import DEGRADATIONS, read_degradation_overrides
@@ -69,10 +74,10 @@ def command(
                           max_minutes=max_minutes, ckpt_minutes=ckpt_minutes, val_every=val_every, threads=threads,
                           seed=seed, init_from=str(init_from or ""), degradation=degradation,
                           degradation_overrides=overrides, damage_estimator=str(damage_estimator or ""),
-                          patch_detail=patch_detail)
+                          patch_detail=patch_detail, damage_told=damage_told or "")
     except FlagConflict as exc:  # TrainConfig's checks of values that do not fit together
         value = {"--degradation-config": degradation_file, "--damage-estimator": damage_estimator,
-                 "--patch-detail": patch_detail}[exc.flag]
+                 "--patch-detail": patch_detail, "--damage-told": damage_told}[exc.flag]
         raise UsageError(f"{exc.flag} {value}", exc.reason) from None
     try:
         train(cfg, resume=resume, log=lambda m: typer.echo(m))

@@ -12,8 +12,16 @@ is told the same thing.
 
 The three numbers, in photographers' units (`Damage`), and the vector the networks see (`Damage.vector`):
 - blur: Gaussian sigma of the optics/demosaicing blur, in LR pixels (0 = sharp); unit BLUR_UNIT;
-- noise: sensor-noise standard deviation on 8-bit levels at mid grey (Poisson noise of peak P counts as
-  255·sqrt(0.5 / P)); unit NOISE_UNIT;
+- noise: the sensor noise's standard deviation in luminance (BT.601 Y), on 8-bit levels at mid grey; unit
+  NOISE_UNIT. Noise of sigma s per channel is s in Y when grey (the same in every channel) and s·|LUMA| =
+  0.67 s when colour (independent per channel); Poisson noise of peak P has s = 255·sqrt(0.5 / P)
+  (`luma_noise`). Why luminance (0.9.0; 0.7.0-0.8.0 were told the per-channel s): after JPEG's 4:2:0 chroma
+  the colour part of the noise is all but gone (a 256-px crop of examples/coffee.png, x2, noise of 5 levels
+  per channel: the chroma detail of grey and colour noise, 8.0 and 17.3 levels before JPEG q85, 5.8 and 5.9
+  after; tests/test_damage.py), so per-channel s could not be read from a file, and a network
+  told "4" had to hedge between the two luminance noises it meant (4 and 2.7): on Set5 under the official
+  recipe (colour noise of 4) the 0.8.0 x2 run scored best when told 2-3, under the same recipe with grey
+  noise at the true 4-5.
 - jpeg: the JPEG quality the file was saved at (100 = no JPEG), as (100 - quality) / JPEG_UNIT.
 Zero in every component is a clean bicubic LR: the conditioned network starts from the clean weights with the
 conditioning weights zero (`engine.grow`), so it then computes exactly the clean network.
@@ -47,7 +55,8 @@ JPEG_MCU = 16
 
 @dataclass(frozen=True)
 class Damage:
-    """Camera damage in photographers' units: blur sigma (LR px), noise sigma (8-bit levels), JPEG quality."""
+    """Camera damage in photographers' units: blur sigma (LR px), luminance noise sigma (8-bit levels), JPEG
+    quality."""
 
     blur: float = 0.0
     noise: float = 0.0
@@ -65,13 +74,21 @@ class Damage:
 
     @staticmethod
     def poisson_sigma(peak: float) -> float:
-        """The 8-bit standard deviation of Poisson noise of `peak` counts at mid grey."""
+        """The 8-bit standard deviation per channel of Poisson noise of `peak` counts at mid grey."""
         return 255.0 * math.sqrt(0.5 / peak)
 
     def describe(self) -> str:
         """e.g. "blur 0.40 px, noise 4.0 levels, JPEG q80" (what `upscale -v` prints for an image)."""
         jpeg = "no JPEG" if self.jpeg >= 99.5 else f"JPEG q{self.jpeg:.0f}"
         return f"blur {self.blur:.2f} px, noise {self.noise:.1f} levels, {jpeg}"
+
+
+def luma_noise(sigma: float, grey: bool) -> float:
+    """The luminance standard deviation (`Damage.noise`) of noise of `sigma` per channel: grey noise is one
+    field in every channel (Y weights sum to 1), colour noise independent fields (Y's std is |LUMA| sigma)."""
+    from ribsr_cli.pixels import LUMA
+
+    return sigma if grey else sigma * math.sqrt(sum(w * w for w in LUMA))
 
 
 class DamageEstimator(nn.Module):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ribsr_cli.engine.damage import Damage, DamageEstimator, estimate_image_damage
+from ribsr_cli.engine.damage import Damage, DamageEstimator, estimate_image_damage, luma_noise
 
 ESTIMATOR_FILE = "estimator.safetensors"
 
@@ -75,8 +75,9 @@ def official_recipe_reading(estimator: DamageEstimator, val_dir: Path, scale: in
 
 def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: float, batch: int = 32,
                     lr_side: int = 64, peak_lr: float = 2e-3, seed: int = 0, val_dir: Path | None = None,
-                    log=print) -> Path:
-    """Train for `minutes` (cosine over the clock) and write out/estimator.safetensors; returns its path."""
+                    init: Path | None = None, log=print) -> Path:
+    """Train for `minutes` (cosine over the clock) and write out/estimator.safetensors; returns its path.
+    `init`: an estimator file to start from (e.g. an earlier one, when the labels' meaning changed)."""
     from safetensors.torch import save_file
 
     from ribsr_cli.fileutil import atomic_write_text
@@ -88,6 +89,11 @@ def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: floa
     held_out = damage_batch(pool, np.random.default_rng(seed + 10_000), 256, lr_side, scale, ranges)
     rng = np.random.default_rng(seed)
     model = DamageEstimator()
+    if init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(init)))
+        log(f"started from {init}")
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=1e-4)
     start, step, rows = time.monotonic(), 0, []
     budget = minutes * 60
@@ -127,7 +133,7 @@ def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: floa
         readings = official_recipe_reading(model, val_dir, scale)
         from ribsr_cli.training.degrade import OFFICIAL_RECIPE
 
-        truth = Damage(OFFICIAL_RECIPE.blur / scale, OFFICIAL_RECIPE.noise, OFFICIAL_RECIPE.jpeg)
+        truth = Damage(OFFICIAL_RECIPE.blur / scale, luma_noise(OFFICIAL_RECIPE.noise, grey=False), OFFICIAL_RECIPE.jpeg)
         log(f"official recipe is {truth.describe()}; read as:\n  " + "\n  ".join(readings))
         atomic_write_text(out / "official_recipe_reading.txt",
                           f"truth: {truth.describe()}\n" + "\n".join(readings) + "\n")
@@ -199,11 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--val", type=Path, default=None, help="a benchmark folder to read the official recipe on")
     parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--init", type=Path, default=None, help="an estimator file to start from")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(args_in)
     torch.set_num_threads(args.threads)
     ranges = degradation_config(read_degradation_overrides(args.degradation_config))
-    train_estimator(args.data, args.scale, ranges, args.out, args.minutes, val_dir=args.val)
+    train_estimator(args.data, args.scale, ranges, args.out, args.minutes, peak_lr=args.lr, val_dir=args.val,
+                    init=args.init)
 
 
 if __name__ == "__main__":

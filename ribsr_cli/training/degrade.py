@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ribsr_cli.engine.damage import Damage
+from ribsr_cli.engine.damage import Damage, luma_noise
 from ribsr_cli.pixels import LUMA, round_levels
 
 DEGRADATIONS = ("bicubic", "real")
@@ -399,13 +399,13 @@ def _random_noise(x: torch.Tensor, sigma_range: tuple[float, float], peak_range:
 
 def _random_noise_level(x: torch.Tensor, sigma_range: tuple[float, float], peak_range: tuple[float, float],
                         rng: np.random.Generator, cfg: DegradationConfig) -> tuple[torch.Tensor, float]:
-    """(noisy x, the noise's 8-bit standard deviation at mid grey: `engine.damage.Damage.noise`)."""
+    """(noisy x, the noise's 8-bit standard deviation in luminance at mid grey: `engine.damage.Damage.noise`)."""
     grey = bool(rng.random() < cfg.grey_noise_prob)
     if rng.random() < cfg.gaussian_noise_prob:
         sigma = float(rng.uniform(*sigma_range))
-        return gaussian_noise(x, sigma, rng, grey), sigma * 255.0
+        return gaussian_noise(x, sigma, rng, grey), luma_noise(sigma * 255.0, grey)
     peak = _log_uniform(rng, *peak_range)
-    return poisson_noise(x, peak, rng, grey), Damage.poisson_sigma(peak)
+    return poisson_noise(x, peak, rng, grey), luma_noise(Damage.poisson_sigma(peak), grey)
 
 
 def _camera(x: torch.Tensor, lr_size: tuple[int, int], scale: int, rng: np.random.Generator,

@@ -182,6 +182,8 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
         entry["training"]["patch_detail"] = config["patch_detail"]
     if config.get("damage_estimator"):  # a damage-conditioned network: where its frozen estimator came from
         entry["training"]["damage_estimator"] = config["damage_estimator"]
+    if config.get("damage_told") == "estimate":  # `ribsr train --damage-told estimate`
+        entry["training"]["damage_told"] = "estimate"
     on = (f"{prov.get('val_psnr_y')} dB PSNR-Y on {prov.get('val_set', '?')}"
           f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
     if prov.get("soup_of"):  # scripts/soup.py: the average of several runs' best EMAs
@@ -243,6 +245,8 @@ def models_table(models: list[dict]) -> str:
             steps += f" (continued from `{t['continued_from']}`; steps and minutes are this run's alone)"
         if t.get("patch_detail"):
             steps += f", crops biased toward detail (`--patch-detail {t['patch_detail']:g}`)"
+        if t.get("damage_told") == "estimate":
+            steps += ", told its estimator's readings (`--damage-told estimate`)"
         if t.get("soup_of"):
             steps += f" (the average of {len(t['soup_of'])} runs, `scripts/soup.py`)"
         label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")

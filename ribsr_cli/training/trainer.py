@@ -74,7 +74,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Modu
         step, seconds_before = state["step"], state["elapsed"]
         started_cfg = json.loads(state.get("config") or "{}")  # the TrainConfig the run started with
         _keep_started_overrides(cfg, started_cfg, out)
-        _keep_started_patch_detail(cfg, started_cfg, out)
+        _keep_started_choices(cfg, started_cfg, out)
         if not cfg.total_steps:
             cfg.total_steps = int(state.get("total_steps", 0))
             cfg.extra["time_fitted"] = bool(state.get("time_fitted", False))
@@ -145,13 +145,17 @@ def _keep_started_overrides(cfg: TrainConfig, started_cfg: dict, run: Path) -> N
     cfg.degradation_overrides = dict(started)
 
 
-def _keep_started_patch_detail(cfg: TrainConfig, started_cfg: dict, run: Path) -> None:
-    """A resumed run keeps the crop bias it started with (`--patch-detail`); a different non-zero one is refused
-    for the reason `_keep_started_overrides` gives."""
+def _keep_started_choices(cfg: TrainConfig, started_cfg: dict, run: Path) -> None:
+    """A resumed run keeps the crop bias (`--patch-detail`) and what its network is told (`--damage-told`) it
+    started with; a different one given is refused for the reason `_keep_started_overrides` gives."""
     started = float(started_cfg.get("patch_detail", 0.0))
     if cfg.patch_detail and cfg.patch_detail != started:
         raise ValueError(f"{run}: the run started with --patch-detail {started:g}; resume without it, or --restart")
     cfg.patch_detail = started
+    told = started_cfg.get("damage_told") or "truth"  # runs before 0.9.0 were told the truth
+    if cfg.damage_told and cfg.damage_told != told:
+        raise ValueError(f"{run}: the run started with --damage-told {told}; resume without it, or --restart")
+    cfg.damage_told = told
 
 
 def _optimise(net: nn.Module, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
@@ -220,6 +224,9 @@ def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str]
         ranges = degradation_config(cfg.degradation_overrides)
         cfg.extra["degradation_config"] = asdict(ranges)
     conditioned = bool(model.config.damage_channels)
+    cfg.damage_told = cfg.damage_told or "truth"
+    if cfg.damage_told == "estimate" and not conditioned:
+        raise ValueError(f"--damage-told estimate: {cfg.arch} is not damage-conditioned (ribsr-sd is)")
     if conditioned and (ranges is None or ranges.camera_prob < 1):
         raise ValueError(f"{cfg.arch} is damage-conditioned: it trains on the camera model alone "
                          "(--degradation real with a --degradation-config that sets camera_prob 1)")
@@ -251,7 +258,10 @@ def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str]
             lr_batch, hr_batch, damage = make_batch_with_damage(pool, rng, cfg.batch, cfg.patch, cfg.scale,
                                                                 cfg.degradation, ranges, cfg.patch_detail)
             lr_batch, hr_batch = rank_share(lr_batch, hr_batch, rank, world)
-            if conditioned:
+            if conditioned and cfg.damage_told == "estimate":  # what the estimator reads, as at run time
+                with torch.no_grad():
+                    damage = model.estimator(lr_batch.to(device)).clamp_min(0.0)
+            elif conditioned:
                 damage = rank_slice(_jittered(damage, cfg, rng), rank, world)
             loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast,
                              damage if conditioned else None)
