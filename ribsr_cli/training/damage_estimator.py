@@ -207,12 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--init", type=Path, default=None, help="an estimator file to start from")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--crop", type=int, default=64, help="LR crop side (engine.damage.ESTIMATE_CROP reads 128)")
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(args_in)
     torch.set_num_threads(args.threads)
     ranges = degradation_config(read_degradation_overrides(args.degradation_config))
-    train_estimator(args.data, args.scale, ranges, args.out, args.minutes, peak_lr=args.lr, val_dir=args.val,
-                    init=args.init)
+    train_estimator(args.data, args.scale, ranges, args.out, args.minutes, batch=args.batch, lr_side=args.crop,
+                    peak_lr=args.lr, val_dir=args.val, init=args.init)
 
 
 if __name__ == "__main__":
