@@ -282,6 +282,15 @@ def test_a_conditioned_run_needs_its_estimator_and_the_camera_model(tmp_path: Pa
         if not key.startswith("estimator."):
             assert torch.equal(after[key], value), key
     assert json.loads((run / "config.json").read_text())["damage_estimator"] == str(other)
+    # resumed with the command it started with, the run keeps (and records) the estimator it now carries
+    again = runner.invoke(app, [a if a != "3" else "4" for a in base] + [
+        "--out", str(run), "--degradation-config", str(camera), "--damage-estimator", str(estimator)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((run / "config.json").read_text())["damage_estimator"] == str(other)
+    resumed = torch.load(run / "last.pt", weights_only=True)
+    assert resumed["step"] == 4
+    for key, value in load_file(str(other)).items():
+        assert torch.equal(resumed["model"][f"estimator.{key}"], value), key
     plain = tmp_path / "plain"
     plain.mkdir()
     for name in ("ema.safetensors", "config.json"):

@@ -133,7 +133,8 @@ def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: floa
         readings = official_recipe_reading(model, val_dir, scale)
         from ribsr_cli.training.degrade import OFFICIAL_RECIPE
 
-        truth = Damage(OFFICIAL_RECIPE.blur / scale, luma_noise(OFFICIAL_RECIPE.noise, grey=False), OFFICIAL_RECIPE.jpeg)
+        truth = Damage(OFFICIAL_RECIPE.blur / scale, luma_noise(OFFICIAL_RECIPE.noise, grey=False),
+                       OFFICIAL_RECIPE.jpeg)
         log(f"official recipe is {truth.describe()}; read as:\n  " + "\n  ".join(readings))
         atomic_write_text(out / "official_recipe_reading.txt",
                           f"truth: {truth.describe()}\n" + "\n".join(readings) + "\n")
@@ -178,6 +179,8 @@ def install(estimator_file: Path, run: Path, log=print) -> float | None:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         for part in ("model", "ema"):
             state[part].update(new)
+        if state.get("config"):  # what a resume reads back as the run's estimator (trainer._keep_started_choices)
+            state["config"] = json.dumps({**json.loads(state["config"]), "damage_estimator": str(estimator_file)})
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
     config["damage_estimator"] = str(estimator_file)

@@ -147,7 +147,11 @@ def _keep_started_overrides(cfg: TrainConfig, started_cfg: dict, run: Path) -> N
 
 def _keep_started_choices(cfg: TrainConfig, started_cfg: dict, run: Path) -> None:
     """A resumed run keeps the crop bias (`--patch-detail`) and what its network is told (`--damage-told`) it
-    started with; a different one given is refused for the reason `_keep_started_overrides` gives."""
+    started with; a different one given is refused for the reason `_keep_started_overrides` gives. Its damage
+    estimator is the one its checkpoint carries (the one it started with, or one `damage_estimator.install`
+    put in since): the path a resume command repeats is not recorded over it."""
+    if started_cfg.get("damage_estimator"):
+        cfg.damage_estimator = started_cfg["damage_estimator"]
     started = float(started_cfg.get("patch_detail", 0.0))
     if cfg.patch_detail and cfg.patch_detail != started:
         raise ValueError(f"{run}: the run started with --patch-detail {started:g}; resume without it, or --restart")
