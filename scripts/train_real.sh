@@ -39,10 +39,10 @@ soup() {  # out run run...: scripts/soup.py's average of the runs' best EMAs (sk
   [[ -f runs/$out/best.safetensors ]] || $PY scripts/soup.py "${@/#/runs/}" --out "runs/$out"
 }
 
-# The shipped models (0.8.0) are layer 5 below (x2: on top of layer 4, x4: on top of layer 3's soup); every layer
-# fine-tunes the clean weights or the layer before (L1). Per scale, the candidate with the best mean gain over the
-# clean model on Set5 across the six recipes of scripts/real_photo_recipes.py ships (0.8.0: x2 +1.430 against
-# 0.7.0's +1.331, x4 +0.470 against 0.6.0's +0.439). 0.6.0 shipped layer 3: at x4 the -typical-soup, at x2 the
+# The shipped models are layer 6 at x2 (0.9.0, on top of layer 5) and layer 5 at x4 (0.8.0, on top of layer 3's
+# soup); every layer fine-tunes the clean weights or the layer before (L1). Per scale, the candidate with the best
+# mean gain over the clean model on Set5 across the six recipes of scripts/real_photo_recipes.py ships (0.9.0:
+# x2 +1.531 against 0.8.0's +1.430; 0.8.0: x2 +1.430 against 0.7.0's +1.331, x4 +0.470 against 0.6.0's +0.439). 0.6.0 shipped layer 3: at x4 the -typical-soup, at x2 the
 # -typical run alone (its soups with -soup and with -typical-seed1 scored 0.011-0.028 dB lower there):
 #  1. -v4: the two-order chain only (scripts/degradation/chain-only.json; 0.4.0's recipe; x2 35 min, x4 40);
 #  2. the camera-model run (the defaults: half the degraded samples take the single-pass camera model; x2 55
@@ -97,5 +97,28 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
   ARCH=ribsr-sd stage ribsr-sd-real-x2-detail 2 100 1e-4 100 runs/ribsr-sd-real-x2/best.safetensors \
       scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v2/estimator.safetensors \
       --patch-detail 12
+  # (layers 4-5 were told the noise per channel, as the code before 0.9.0 labelled it; rerun with today's code
+  # they would be told it in luminance)
+  # layer 6 (0.9.0, shipped): the noise number in luminance (engine/damage.py), the network told its estimator's
+  # readings (--damage-told estimate). The estimator first: v2 continued 15 min on the new labels (v3), then
+  # 20 min on 128-px crops, the size it reads at run time (v4), then 20 more at a lower rate (v5).
+  [[ -f runs/damage-estimator-x2-v3/estimator.safetensors ]] || $PY -m ribsr_cli.training.damage_estimator \
+      --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json --init \
+      runs/damage-estimator-x2-v2/estimator.safetensors --lr 1e-3 --out runs/damage-estimator-x2-v3 --minutes 15 \
+      --threads "$THREADS" --val ../shared/benchmarks/Set5
+  [[ -f runs/damage-estimator-x2-v4/estimator.safetensors ]] || $PY -m ribsr_cli.training.damage_estimator \
+      --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json --init \
+      runs/damage-estimator-x2-v3/estimator.safetensors --lr 1e-3 --crop 128 --batch 16 \
+      --out runs/damage-estimator-x2-v4 --minutes 20 --threads "$THREADS" --val ../shared/benchmarks/Set5
+  [[ -f runs/damage-estimator-x2-v5/estimator.safetensors ]] || $PY -m ribsr_cli.training.damage_estimator \
+      --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json --init \
+      runs/damage-estimator-x2-v4/estimator.safetensors --lr 5e-4 --crop 128 --batch 16 \
+      --out runs/damage-estimator-x2-v5 --minutes 20 --threads "$THREADS" --val ../shared/benchmarks/Set5
+  # The network: layer 5 continued with v3 (the shipped run swapped in v4 at 49 of its 80 minutes and ESTIMATOR
+  # (v5) at the end, with `python3 -m ribsr_cli.training.damage_estimator install ESTIMATOR runs/ribsr-sd-real-x2-told`;
+  # told the estimate, the network's batches depend on its estimator from then on)
+  ARCH=ribsr-sd stage ribsr-sd-real-x2-told 2 80 1e-4 100 runs/ribsr-sd-real-x2-detail/best.safetensors \
+      scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v3/estimator.safetensors \
+      --patch-detail 12 --damage-told estimate
 fi
 echo "stages done: $ONLY"
