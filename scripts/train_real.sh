@@ -114,8 +114,9 @@ if [[ $ONLY == all || $ONLY == x2 ]]; then
       --scale 2 --degradation-config scripts/degradation/conditioned-camera-x2.json --init \
       runs/damage-estimator-x2-v4/estimator.safetensors --lr 5e-4 --crop 128 --batch 16 \
       --out runs/damage-estimator-x2-v5 --minutes 20 --threads "$THREADS" --val ../shared/benchmarks/Set5
-  # The network: layer 5 continued with v3 (the shipped run swapped in v4 at 49 of its 80 minutes and ESTIMATOR
-  # (v5) at the end, with `python3 -m ribsr_cli.training.damage_estimator install ESTIMATOR runs/ribsr-sd-real-x2-told`;
+  # The network: layer 5 continued with v3 (the shipped run swapped in v4 at 49 of its 80 minutes and v5 at the
+  # end, each with `$PY -m ribsr_cli.training.damage_estimator install runs/damage-estimator-x2-vN/estimator.safetensors
+  # runs/ribsr-sd-real-x2-told`;
   # told the estimate, the network's batches depend on its estimator from then on)
   ARCH=ribsr-sd stage ribsr-sd-real-x2-told 2 80 1e-4 100 runs/ribsr-sd-real-x2-detail/best.safetensors \
       scripts/degradation/conditioned-camera-x2.json --damage-estimator runs/damage-estimator-x2-v3/estimator.safetensors \
