@@ -214,6 +214,7 @@ def test_the_trained_estimator_reads_eval_recipes_in_order_and_near_their_values
         assert getattr(read[light], key) < getattr(read[official], key) < getattr(read[heavy], key), key
     assert read[light].jpeg > read[official].jpeg > read[heavy].jpeg
     truth = Damage(blur=0.8 / 2, noise=luma_noise(4.0, grey=False), jpeg=80)  # the recipe's is colour noise
+    assert official.damage(2) == pytest.approx(truth)
     assert abs(read[official].blur - truth.blur) < 0.15
     assert abs(read[official].noise - truth.noise) < 0.8
     assert abs(read[official].jpeg - truth.jpeg) < 8

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ribsr_cli.pixels import LUMA
+
 #: how many numbers describe the damage (blur, noise, JPEG)
 DAMAGE_CHANNELS = 3
 BLUR_UNIT = 1.0  # LR px
@@ -86,8 +88,6 @@ class Damage:
 def luma_noise(sigma: float, grey: bool) -> float:
     """The luminance standard deviation (`Damage.noise`) of noise of `sigma` per channel: grey noise is one
     field in every channel (Y weights sum to 1), colour noise independent fields (Y's std is |LUMA| sigma)."""
-    from ribsr_cli.pixels import LUMA
-
     return sigma if grey else sigma * math.sqrt(sum(w * w for w in LUMA))
 
 

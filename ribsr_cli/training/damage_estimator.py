@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ribsr_cli.engine.damage import Damage, DamageEstimator, estimate_image_damage, luma_noise
+from ribsr_cli.engine.damage import Damage, DamageEstimator, estimate_image_damage
 
 ESTIMATOR_FILE = "estimator.safetensors"
 
@@ -133,8 +133,7 @@ def train_estimator(data_dir: Path, scale: int, ranges, out: Path, minutes: floa
         readings = official_recipe_reading(model, val_dir, scale)
         from ribsr_cli.training.degrade import OFFICIAL_RECIPE
 
-        truth = Damage(OFFICIAL_RECIPE.blur / scale, luma_noise(OFFICIAL_RECIPE.noise, grey=False),
-                       OFFICIAL_RECIPE.jpeg)
+        truth = OFFICIAL_RECIPE.damage(scale)
         log(f"official recipe is {truth.describe()}; read as:\n  " + "\n  ".join(readings))
         atomic_write_text(out / "official_recipe_reading.txt",
                           f"truth: {truth.describe()}\n" + "\n".join(readings) + "\n")

@@ -567,6 +567,11 @@ class EvalRecipe:
             raise ValueError(f"{mode!r}: blur 0-5 HR px, noise 0-50 levels, jpeg an integer 0-100 (0 = none)")
         return cls(**{k: (int(v) if k == "jpeg" else v) for k, v in values.items()})
 
+    def damage(self, scale: int) -> Damage:
+        """What this recipe does to an image at `scale`, in the units a damage-conditioned network is told
+        (`engine.damage.Damage`): its blur in LR pixels, its colour noise in luminance, its JPEG quality."""
+        return Damage(self.blur / scale, luma_noise(self.noise, grey=False), float(self.jpeg or 100))
+
     @property
     def name(self) -> str:
         """The `--degrade` spelling that reproduces this recipe ("real" for the official one)."""
