@@ -372,4 +372,52 @@ def test_damage_told_estimate_tells_the_network_its_estimators_reading(tmp_path:
                                 "--steps", "1", "--damage-told", "estimate"])
     assert plain.exit_code == 2 and "not damage-conditioned" in plain.output, plain.output
     bad = runner.invoke(app, base + ["--damage-told", "guess", "--restart"])
-    assert bad.exit_code == 2 and "--damage-told guess: choose truth or estimate" in bad.output, bad.output
+    assert bad.exit_code == 2 and "--damage-told guess: choose truth, estimate or context" in bad.output, bad.output
+
+
+def test_damage_told_context_tells_the_reading_of_each_patchs_region(tmp_path: Path, pool: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--damage-told context`: each patch is cut from a 128-px LR region degraded whole, and the network is
+    told what its frozen estimator reads from that region (as run time reads 128-px crops of a whole image),
+    not from the patch; recorded in the run."""
+    from safetensors.torch import load_file, save_file
+
+    from ribsr_cli.engine.damage import ESTIMATE_CROP
+    from ribsr_cli.training import trainer
+
+    regions: list[tuple[torch.Tensor, torch.Tensor]] = []
+    told: list[torch.Tensor] = []
+    real_batch, real_step = trainer.make_batch_in_context, trainer._optimise
+
+    def recording_batch(*args, **kwargs):
+        lr, hr, context = real_batch(*args, **kwargs)
+        regions.append((lr.clone(), context.clone()))
+        return lr, hr, context
+
+    def recording_step(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage=None):
+        told.append(damage.clone())
+        return real_step(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage)
+    monkeypatch.setattr(trainer, "make_batch_in_context", recording_batch)
+    monkeypatch.setattr(trainer, "_optimise", recording_step)
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"camera_prob": 1.0, "clean_prob": 0.0}))
+    estimator_file = ESTIMATOR if ESTIMATOR.is_file() else tmp_path / "estimator.safetensors"
+    if not ESTIMATOR.is_file():
+        torch.manual_seed(3)
+        save_file(DamageEstimator().state_dict(), str(estimator_file))
+    estimator = DamageEstimator().eval()
+    estimator.load_state_dict(load_file(str(estimator_file)))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "--arch", "ribsr-sd", "--degradation", "real", "--degradation-config", str(camera),
+        "--data", str(pool), "--val", "", "--steps", "2", "--warmup", "1", "--patch", "32", "--batch", "2",
+        "--out", str(run), "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors"),
+        "--damage-estimator", str(estimator_file), "--damage-told", "context"])
+    assert result.exit_code == 0, result.output
+    assert len(told) == len(regions) == 2
+    with torch.no_grad():
+        for (lr, context), damage in zip(regions, told):
+            assert context.shape[-2:] == (ESTIMATE_CROP, ESTIMATE_CROP) and lr.shape[-2:] == (32, 32)
+            assert torch.allclose(damage, estimator(context).clamp_min(0.0), atol=1e-6)
+            assert not torch.allclose(damage, estimator(lr).clamp_min(0.0), atol=1e-3)
+    assert json.loads((run / "config.json").read_text())["damage_told"] == "context"

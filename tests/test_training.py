@@ -297,3 +297,37 @@ def test_degradation_config_file_changes_the_lr_and_travels_with_the_run(tmp_pat
     assert refused.exit_code == 2 and "other degradation settings (clean_prob)" in refused.output
     not_real = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--degradation-config", str(settings)])
     assert not_real.exit_code == 2 and "needs --degradation real" in not_real.output
+
+
+def test_batch_in_context_cuts_aligned_pairs_from_one_degraded_region(pool: Path) -> None:
+    """`make_batch_in_context`: each LR patch is a window of its degraded region, its HR patch the HR that
+    window was made from (checked against MATLAB bicubic on clean regions, away from the window's border where
+    bicubic reads neighbours), seeded, and with a detail bias the patches hold more detail than without."""
+    import numpy as np
+
+    from ribsr_cli.imaging.resize import imresize
+    from ribsr_cli.training.batches import make_batch_in_context
+    from ribsr_cli.training.degrade import degradation_config
+    from ribsr_cli.training.pool import HRPool, detail
+
+    hr_pool = HRPool(pool)
+    camera = degradation_config({"camera_prob": 1.0, "clean_prob": 0.0})
+    lr, hr, context = make_batch_in_context(hr_pool, np.random.default_rng(1), 3, 20, 56, 2, camera)
+    again = make_batch_in_context(hr_pool, np.random.default_rng(1), 3, 20, 56, 2, camera)
+    assert lr.shape == (3, 3, 20, 20) and hr.shape == (3, 3, 40, 40) and context.shape == (3, 3, 56, 56)
+    assert all(torch.equal(a, b) for a, b in zip((lr, hr, context), again))
+    for patch, region in zip(lr, context):  # a window of its region, at some place
+        windows = region.unfold(1, 20, 1).unfold(2, 20, 1)  # (3, 37, 37, 20, 20)
+        assert (windows == patch[:, None, None]).all(dim=(0, 3, 4)).any()
+
+    clean = degradation_config({"clean_prob": 1.0})
+    lr, hr, context = make_batch_in_context(hr_pool, np.random.default_rng(2), 4, 20, 56, 2, clean)
+    remade = imresize((hr * 255).round().to(torch.uint8), 0.5).float() / 255
+    assert (remade - lr)[..., 3:-3, 3:-3].abs().max() <= 1.5 / 255
+
+    def mean_detail(ref: float) -> float:
+        _, hr, _ = make_batch_in_context(hr_pool, np.random.default_rng(3), 48, 20, 56, 2, clean, ref)
+        return float(np.mean([detail((h.permute(1, 2, 0) * 255).numpy()) for h in hr]))
+    assert mean_detail(40.0) > 1.2 * mean_detail(0.0)
+    with pytest.raises(ValueError, match="must be at least the patch"):
+        make_batch_in_context(hr_pool, np.random.default_rng(0), 1, 64, 56, 2, clean)

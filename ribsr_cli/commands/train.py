@@ -50,10 +50,11 @@ def command(
         help="For a damage-conditioned --arch (ribsr-sd): the trained damage estimator "
              "(python3 -m ribsr_cli.training.damage_estimator) built into the network, frozen."),
     damage_told: Optional[str] = typer.Option(
-        None, "--damage-told", metavar="truth|estimate",
+        None, "--damage-told", metavar="truth|estimate|context",
         help="What a damage-conditioned network is told for each patch: truth (the damage drawn, jittered by "
-             "about the estimator's error; new runs) or estimate (its estimator's reading, as at run time). "
-             "Kept on resume."),
+             "about the estimator's error; new runs), estimate (its estimator's reading of the patch) or context "
+             "(its estimator's reading of the 128-px LR region the patch is cut from, as run time reads 128-px "
+             "crops of the whole image). Kept on resume."),
 ) -> None:
     from ribsr_cli.errors import RibsrError, UsageError
     from ribsr_cli.training.degrade import DEGRADATIONS, read_degradation_overrides

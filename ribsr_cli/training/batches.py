@@ -55,3 +55,39 @@ def make_batch_with_damage(pool: HRPool, rng: np.random.Generator, batch: int, p
     else:
         lr, damage = imresize(hr, 1.0 / scale), torch.zeros(batch, DAMAGE_CHANNELS)
     return lr.float() / 255.0, hr.float() / 255.0, damage
+
+
+#: places drawn for a detail-biased patch inside its region before the last one is taken as it is
+PATCH_PLACE_TRIES = 8
+
+
+def make_batch_in_context(pool: HRPool, rng: np.random.Generator, batch: int, patch: int, context: int, scale: int,
+                          ranges: "DegradationConfig | None" = None, detail_ref: float = 0.0
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lr, hr, context_lr) float batches: each sample's camera-like LR is made as a (context, context) LR
+    region, and its (patch, patch) training pair is cut from the region at a random place (HR at scale times
+    the LR place, where the bicubic protocol maps it). context_lr is the whole region: what a damage estimator
+    reads to tell the network, as `upscale` reads 128-px crops of a whole image rather than the tile it runs.
+
+    detail_ref > 0 biases the region as `HRPool.random_crop` does, and the patch inside it by the same rule:
+    up to PATCH_PLACE_TRIES places, each kept with probability detail / detail_ref (at least FLAT_KEEP), the
+    last one taken regardless. A smaller region than the patch is an error."""
+    from ribsr_cli.training.degrade import DEFAULT_CONFIG, degrade_batch_with_damage
+    from ribsr_cli.training.pool import FLAT_KEEP, detail
+
+    if context < patch:
+        raise ValueError(f"the context ({context} px) must be at least the patch ({patch} px)")
+    regions = [np.ascontiguousarray(augment(pool.random_crop(rng, context * scale, detail_ref), rng))
+               for _ in range(batch)]
+    hr_regions = torch.from_numpy(np.stack(regions)).permute(0, 3, 1, 2).contiguous()
+    lr_regions, _ = degrade_batch_with_damage(hr_regions, scale, rng, ranges or DEFAULT_CONFIG)
+    lrs, hrs = [], []
+    for region, lr_region in zip(regions, lr_regions):
+        for attempt in range(PATCH_PLACE_TRIES if detail_ref > 0 else 1):
+            y, x = (int(v) for v in rng.integers(0, context - patch + 1, size=2))
+            hr = region[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
+            if detail_ref <= 0 or rng.random() < max(FLAT_KEEP, min(1.0, detail(hr) / detail_ref)):
+                break
+        lrs.append(lr_region[:, y:y + patch, x:x + patch])
+        hrs.append(torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1))
+    return (torch.stack(lrs).float() / 255.0, torch.stack(hrs).float() / 255.0, lr_regions.float() / 255.0)

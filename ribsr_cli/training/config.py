@@ -17,7 +17,7 @@ from ribsr_cli.paths import benchmarks_dir
 #: the benchmark set a run validates on when none is named: Set5, the smallest of the standard sets
 DEFAULT_VAL_SET = "Set5"
 #: what a damage-conditioned network can be told in training (`TrainConfig.damage_told`)
-DAMAGE_TOLD = ("truth", "estimate")
+DAMAGE_TOLD = ("truth", "estimate", "context")
 
 
 class FlagConflict(UsageError):
@@ -72,7 +72,11 @@ class TrainConfig:
     damage_jitter: tuple[float, float, float] = (0.2, 0.1, 0.06)
     # what a conditioned network is told in training: "truth" (the drawn damage plus `damage_jitter`) or
     # "estimate" (its frozen estimator's reading of each LR patch, what it is told at run time; 0.9.0: a
-    # network trained on the truth lost 0.04-0.05 dB to being told the estimate instead, Set5/photos x2);
+    # network trained on the truth lost 0.04-0.05 dB to being told the estimate instead, Set5/photos x2), or
+    # "context" (its estimator's reading of the ESTIMATE_CROP-px LR region the patch is cut from: run time reads
+    # 128-px crops of the whole image, and a 48-px patch's reading is a poorer one: measured on v5, noise read
+    # 0.34 levels low, blur truth ~ 0.56 x reading + 0.18 on 48 px against 0.86 x + 0.05 on 128 px, so a
+    # network told patch readings learns to distrust them and over-denoises a run-time reading);
     # "" = not given: "truth" for a new run, the run's own on resume
     damage_told: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +87,7 @@ class TrainConfig:
         if self.damage_estimator and self.degradation != "real":
             raise FlagConflict("--damage-estimator", "needs --degradation real")
         if self.damage_told not in ("", *DAMAGE_TOLD):
-            raise FlagConflict("--damage-told", f"choose {' or '.join(DAMAGE_TOLD)}")
+            raise FlagConflict("--damage-told", f"choose {', '.join(DAMAGE_TOLD[:-1])} or {DAMAGE_TOLD[-1]}")
         if not (math.isfinite(self.patch_detail) and self.patch_detail >= 0):
             raise FlagConflict("--patch-detail", "must be 0 (uniform crops) or a positive number")
         if self.val_dir is None:

@@ -182,8 +182,8 @@ def export(run: Path, name: str, default: bool, benchmarks: Path, photo: Path, h
         entry["training"]["patch_detail"] = config["patch_detail"]
     if config.get("damage_estimator"):  # a damage-conditioned network: where its frozen estimator came from
         entry["training"]["damage_estimator"] = config["damage_estimator"]
-    if config.get("damage_told") == "estimate":  # `ribsr train --damage-told estimate`
-        entry["training"]["damage_told"] = "estimate"
+    if config.get("damage_told") in ("estimate", "context"):  # `ribsr train --damage-told estimate|context`
+        entry["training"]["damage_told"] = config["damage_told"]
     on = (f"{prov.get('val_psnr_y')} dB PSNR-Y on {prov.get('val_set', '?')}"
           f"{' (degraded)' if prov.get('val_degradation') == 'real' else ''}")
     if prov.get("soup_of"):  # scripts/soup.py: the average of several runs' best EMAs
@@ -247,6 +247,8 @@ def models_table(models: list[dict]) -> str:
             steps += f", crops biased toward detail (`--patch-detail {t['patch_detail']:g}`)"
         if t.get("damage_told") == "estimate":
             steps += ", told its estimator's readings (`--damage-told estimate`)"
+        elif t.get("damage_told") == "context":
+            steps += ", told its estimator's readings of each patch's 128-px region (`--damage-told context`)"
         if t.get("soup_of"):
             steps += f" (the average of {len(t['soup_of'])} runs, `scripts/soup.py`)"
         label = f"`{m['name']}`" + (f" ({', '.join(tags)})" if tags else "")

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ribsr_cli.engine import build_model, configure_attention
 from ribsr_cli.engine.runtime import pick_memory_format
-from ribsr_cli.training.batches import make_batch_with_damage
+from ribsr_cli.engine.damage import ESTIMATE_CROP
+from ribsr_cli.training.batches import make_batch_in_context, make_batch_with_damage
 from ribsr_cli.training.checkpointing import (STATE_FILE, best_score, init_body_from, load_training_state,
                                               restore_training_state, save_best, save_checkpoint)
 from ribsr_cli.training.config import TrainConfig, architecture
@@ -229,8 +230,8 @@ def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str]
         cfg.extra["degradation_config"] = asdict(ranges)
     conditioned = bool(model.config.damage_channels)
     cfg.damage_told = cfg.damage_told or "truth"
-    if cfg.damage_told == "estimate" and not conditioned:
-        raise ValueError(f"--damage-told estimate: {cfg.arch} is not damage-conditioned (ribsr-sd is)")
+    if cfg.damage_told != "truth" and not conditioned:
+        raise ValueError(f"--damage-told {cfg.damage_told}: {cfg.arch} is not damage-conditioned (ribsr-sd is)")
     if conditioned and (ranges is None or ranges.camera_prob < 1):
         raise ValueError(f"{cfg.arch} is damage-conditioned: it trains on the camera model alone "
                          "(--degradation real with a --degradation-config that sets camera_prob 1)")
@@ -259,12 +260,17 @@ def _train_joined(cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str]
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            lr_batch, hr_batch, damage = make_batch_with_damage(pool, rng, cfg.batch, cfg.patch, cfg.scale,
-                                                                cfg.degradation, ranges, cfg.patch_detail)
+            if conditioned and cfg.damage_told == "context":
+                lr_batch, hr_batch, context = make_batch_in_context(pool, rng, cfg.batch, cfg.patch, ESTIMATE_CROP,
+                                                                    cfg.scale, ranges, cfg.patch_detail)
+            else:
+                lr_batch, hr_batch, damage = make_batch_with_damage(pool, rng, cfg.batch, cfg.patch, cfg.scale,
+                                                                    cfg.degradation, ranges, cfg.patch_detail)
             lr_batch, hr_batch = rank_share(lr_batch, hr_batch, rank, world)
-            if conditioned and cfg.damage_told == "estimate":  # what the estimator reads, as at run time
+            if conditioned and cfg.damage_told != "truth":  # what the estimator reads, as at run time
+                read = lr_batch if cfg.damage_told == "estimate" else rank_slice(context, rank, world)
                 with torch.no_grad():
-                    damage = model.estimator(lr_batch.to(device)).clamp_min(0.0)
+                    damage = model.estimator(read.to(device)).clamp_min(0.0)
             elif conditioned:
                 damage = rank_slice(_jittered(damage, cfg, rng), rank, world)
             loss = _optimise(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast,
