@@ -1,3 +1,3 @@
 """ribsr: image upscaling with a RIB super-resolution Transformer (SST)."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
