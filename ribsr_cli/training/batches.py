@@ -83,7 +83,7 @@ def make_batch_in_context(pool: HRPool, rng: np.random.Generator, batch: int, pa
     lr_regions, _ = degrade_batch_with_damage(hr_regions, scale, rng, ranges or DEFAULT_CONFIG)
     lrs, hrs = [], []
     for region, lr_region in zip(regions, lr_regions):
-        for attempt in range(PATCH_PLACE_TRIES if detail_ref > 0 else 1):
+        for _ in range(PATCH_PLACE_TRIES if detail_ref > 0 else 1):
             y, x = (int(v) for v in rng.integers(0, context - patch + 1, size=2))
             hr = region[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
             if detail_ref <= 0 or rng.random() < max(FLAT_KEEP, min(1.0, detail(hr) / detail_ref)):
