@@ -164,3 +164,31 @@ def test_each_rank_draws_its_own_batches_after_a_resume(tmp_path: Path, pool: Pa
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+
+
+@pytest.mark.slow
+def test_two_processes_told_the_regions_damage_follow_the_one_process_curve(tmp_path: Path, pool: Path) -> None:
+    """`--damage-told context` under DDP: each rank is told its estimator's reading of its own share of the
+    128-px regions (`rank_slice`), so 2 ranks follow the 1-process curve as in the plain case (float64, see
+    there). Another rank's regions, or the whole batch's, would part the curves or fail on the shapes."""
+    estimator = REPO / "runs" / "damage-estimator-x2-v5" / "estimator.safetensors"
+    if not estimator.is_file():
+        import torch
+        from safetensors.torch import save_file
+
+        from ribsr_cli.engine.damage import DamageEstimator
+
+        torch.manual_seed(5)
+        estimator = tmp_path / "estimator.safetensors"
+        save_file(DamageEstimator().state_dict(), str(estimator))
+    steps = 6
+    single = _config(tmp_path / "single", pool, total_steps=steps, batch=4, patch=8, warmup_steps=2,
+                     arch="ribsr-sd", degradation="real", degradation_overrides={"camera_prob": 1.0},
+                     damage_estimator=str(estimator), damage_told="context")
+    (one,) = _run_two_ranks(tmp_path, "single-context", {"config": single, "resume": False, "float64": True},
+                            world=1)
+    ddp = {**single, "out_dir": str(tmp_path / "ddp")}
+    rank0, rank1 = _run_two_ranks(tmp_path, "ddp-context", {"config": ddp, "resume": False, "float64": True})
+    assert len(one["loss"]) == len(rank0["loss"]) == steps and rank0["loss"] == rank1["loss"]
+    curve, reference = np.array(rank0["loss"]), np.array(one["loss"])
+    assert np.allclose(curve, reference, rtol=1e-4, atol=0), np.abs(curve / reference - 1).max()

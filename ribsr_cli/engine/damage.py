@@ -113,10 +113,12 @@ class DamageEstimator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the damage is in the differences between neighbouring pixels, a few levels in size, not in the
         # brightness: the image's own high-pass, amplified, sits beside the centred image
-        x = x.float().contiguous(memory_format=torch.contiguous_format)
+        # in its weights' precision whatever the input's (fp32 as shipped; a float64 network's in the DDP test)
+        dtype = self.head.weight.dtype
+        x = x.to(dtype).contiguous(memory_format=torch.contiguous_format)
         detail = HIGH_PASS_GAIN * (x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1))
         feat = self.features(torch.cat([x - 0.5, detail], dim=1))
-        return self.head(feat.float().mean(dim=(2, 3)))
+        return self.head(feat.to(dtype).mean(dim=(2, 3)))
 
 
 def crop_grid(h: int, w: int, side: int = ESTIMATE_CROP, max_crops: int = ESTIMATE_MAX_CROPS) -> list[tuple[int, int]]:
