@@ -70,10 +70,10 @@ def make_batch_in_context(pool: HRPool, rng: np.random.Generator, batch: int, pa
     reads to tell the network, as `upscale` reads 128-px crops of a whole image rather than the tile it runs.
 
     detail_ref > 0 biases the region as `HRPool.random_crop` does, and the patch inside it by the same rule:
-    up to PATCH_PLACE_TRIES places, each kept with probability detail / detail_ref (at least FLAT_KEEP), the
+    up to PATCH_PLACE_TRIES places, each kept by `pool.keeps_detail` (detail / detail_ref, at least FLAT_KEEP), the
     last one taken regardless. A smaller region than the patch is an error."""
     from ribsr_cli.training.degrade import DEFAULT_CONFIG, degrade_batch_with_damage
-    from ribsr_cli.training.pool import FLAT_KEEP, detail
+    from ribsr_cli.training.pool import keeps_detail
 
     if context < patch:
         raise ValueError(f"the context ({context} px) must be at least the patch ({patch} px)")
@@ -86,7 +86,7 @@ def make_batch_in_context(pool: HRPool, rng: np.random.Generator, batch: int, pa
         for _ in range(PATCH_PLACE_TRIES if detail_ref > 0 else 1):
             y, x = (int(v) for v in rng.integers(0, context - patch + 1, size=2))
             hr = region[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
-            if detail_ref <= 0 or rng.random() < max(FLAT_KEEP, min(1.0, detail(hr) / detail_ref)):
+            if detail_ref <= 0 or keeps_detail(hr, rng, detail_ref):
                 break
         lrs.append(lr_region[:, y:y + patch, x:x + patch])
         hrs.append(torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1))

@@ -30,6 +30,12 @@ def detail(crop: np.ndarray) -> float:
     return float(np.abs(np.diff(y, axis=0)).mean() + np.abs(np.diff(y, axis=1)).mean())
 
 
+def keeps_detail(crop: np.ndarray, rng: np.random.Generator, detail_ref: float) -> bool:
+    """The detail bias's draw (`HRPool.random_crop`): keep `crop` with probability detail / detail_ref, at
+    least FLAT_KEEP and at most 1 (one `rng.random()`; detail_ref > 0)."""
+    return bool(rng.random() < max(FLAT_KEEP, min(1.0, detail(crop) / detail_ref)))
+
+
 class PoolEntry(TypedDict):
     """One image of a prepared pool, as listed in index.json."""
 
@@ -105,7 +111,7 @@ class HRPool:
             return self._uniform_crop(rng, size)
         while True:
             crop = self._uniform_crop(rng, size)
-            if rng.random() < max(FLAT_KEEP, min(1.0, detail(crop) / detail_ref)):
+            if keeps_detail(crop, rng, detail_ref):
                 return crop
 
     def _uniform_crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
