@@ -321,13 +321,32 @@ def test_upscale_reports_the_damage_it_read_per_file(tmp_path: Path) -> None:
     assert f"read damage: {read}" in " ".join(result.output.split())
 
 
+def _told_run_setup(tmp_path: Path, pool: Path) -> tuple[DamageEstimator, list[str]]:
+    """For the `--damage-told` tests: the frozen estimator a run is given (the committed v3, else a seeded
+    random one) and the `ribsr train` arguments of a 2-step ribsr-sd run on camera-model damage with it, out
+    to tmp_path/run."""
+    from safetensors.torch import load_file, save_file
+
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"camera_prob": 1.0, "clean_prob": 0.0}))
+    estimator_file = ESTIMATOR if ESTIMATOR.is_file() else tmp_path / "estimator.safetensors"
+    if not ESTIMATOR.is_file():
+        torch.manual_seed(3)
+        save_file(DamageEstimator().state_dict(), str(estimator_file))
+    estimator = DamageEstimator().eval()
+    estimator.load_state_dict(load_file(str(estimator_file)))
+    return estimator, ["train", "--arch", "ribsr-sd", "--degradation", "real", "--degradation-config", str(camera),
+                       "--data", str(pool), "--val", "", "--steps", "2", "--warmup", "1", "--patch", "32",
+                       "--batch", "2", "--out", str(tmp_path / "run"),
+                       "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors"),
+                       "--damage-estimator", str(estimator_file)]
+
+
 def test_damage_told_estimate_tells_the_network_its_estimators_reading(tmp_path: Path, pool: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`--damage-told estimate`: each step's network is told what its frozen estimator reads from that step's
     LR patches (as at run time), not the drawn damage; recorded in the run, kept by a plain resume, a different
     value on resume or a plain network refused in one line."""
-    from safetensors.torch import load_file, save_file
-
     from ribsr_cli.training import trainer
 
     told: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -337,19 +356,8 @@ def test_damage_told_estimate_tells_the_network_its_estimators_reading(tmp_path:
         told.append((lr_batch.clone(), damage.clone()))
         return real(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage)
     monkeypatch.setattr(trainer, "_optimise", recording)
-    camera = tmp_path / "camera.json"
-    camera.write_text(json.dumps({"camera_prob": 1.0, "clean_prob": 0.0}))
-    estimator_file = ESTIMATOR if ESTIMATOR.is_file() else tmp_path / "estimator.safetensors"
-    if not ESTIMATOR.is_file():
-        torch.manual_seed(3)
-        save_file(DamageEstimator().state_dict(), str(estimator_file))
-    estimator = DamageEstimator().eval()
-    estimator.load_state_dict(load_file(str(estimator_file)))
+    estimator, base = _told_run_setup(tmp_path, pool)
     run = tmp_path / "run"
-    base = ["train", "--arch", "ribsr-sd", "--degradation", "real", "--degradation-config", str(camera),
-            "--data", str(pool), "--val", "", "--steps", "2", "--warmup", "1", "--patch", "32", "--batch", "2",
-            "--out", str(run), "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors"),
-            "--damage-estimator", str(estimator_file)]
     runner = CliRunner()
     first = runner.invoke(app, base + ["--damage-told", "estimate"])
     assert first.exit_code == 0, first.output
@@ -380,8 +388,6 @@ def test_damage_told_context_tells_the_reading_of_each_patchs_region(tmp_path: P
     """`--damage-told context`: each patch is cut from a 128-px LR region degraded whole, and the network is
     told what its frozen estimator reads from that region (as run time reads 128-px crops of a whole image),
     not from the patch; recorded in the run."""
-    from safetensors.torch import load_file, save_file
-
     from ribsr_cli.engine.damage import ESTIMATE_CROP
     from ribsr_cli.training import trainer
 
@@ -399,20 +405,8 @@ def test_damage_told_context_tells_the_reading_of_each_patchs_region(tmp_path: P
         return real_step(net, model, ema, opt, cfg, step, lr_batch, hr_batch, device, autocast, damage)
     monkeypatch.setattr(trainer, "make_batch_in_context", recording_batch)
     monkeypatch.setattr(trainer, "_optimise", recording_step)
-    camera = tmp_path / "camera.json"
-    camera.write_text(json.dumps({"camera_prob": 1.0, "clean_prob": 0.0}))
-    estimator_file = ESTIMATOR if ESTIMATOR.is_file() else tmp_path / "estimator.safetensors"
-    if not ESTIMATOR.is_file():
-        torch.manual_seed(3)
-        save_file(DamageEstimator().state_dict(), str(estimator_file))
-    estimator = DamageEstimator().eval()
-    estimator.load_state_dict(load_file(str(estimator_file)))
-    run = tmp_path / "run"
-    result = CliRunner().invoke(app, [
-        "train", "--arch", "ribsr-sd", "--degradation", "real", "--degradation-config", str(camera),
-        "--data", str(pool), "--val", "", "--steps", "2", "--warmup", "1", "--patch", "32", "--batch", "2",
-        "--out", str(run), "--init-from", str(REPO / "weights" / "ribsr-s-x2.safetensors"),
-        "--damage-estimator", str(estimator_file), "--damage-told", "context"])
+    estimator, base = _told_run_setup(tmp_path, pool)
+    result = CliRunner().invoke(app, base + ["--damage-told", "context"])
     assert result.exit_code == 0, result.output
     assert len(told) == len(regions) == 2
     with torch.no_grad():
@@ -420,4 +414,4 @@ def test_damage_told_context_tells_the_reading_of_each_patchs_region(tmp_path: P
             assert context.shape[-2:] == (ESTIMATE_CROP, ESTIMATE_CROP) and lr.shape[-2:] == (32, 32)
             assert torch.allclose(damage, estimator(context).clamp_min(0.0), atol=1e-6)
             assert not torch.allclose(damage, estimator(lr).clamp_min(0.0), atol=1e-3)
-    assert json.loads((run / "config.json").read_text())["damage_told"] == "context"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["damage_told"] == "context"
